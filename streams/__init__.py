@@ -1,0 +1,1 @@
+"""retention-scorer streaming shell: Faust app, topics, tables, agents, web views, CLI."""
