@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .clock import MINUTE
+from .clock import HOUR, MINUTE
 
 __all__ = ["EngineConfig", "CurrencyError"]
 
@@ -23,6 +23,7 @@ class CurrencyError(ValueError):
 class EngineConfig:
     session_timeout: float = 30 * MINUTE        # inactivity that closes a session (event time)
     allowed_lateness: float = 5 * MINUTE        # watermark = max event time seen - this
+    max_future_skew: float = 6 * HOUR           # refuse events this far ahead of their receive time
     lifespan_years: float = 2.0                 # simple CLV = AOV x frequency x lifespan
     frequency_floor_days: float = 90.0          # frequency is measured over at least this tenure
     gap_ewma_alpha: float = 0.5                 # weight of the latest gap in the recent-gap average

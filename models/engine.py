@@ -41,6 +41,8 @@ import heapq
 from collections import Counter
 from typing import Any, Iterable, MutableMapping, Protocol
 
+import orjson
+
 from .clock import EventClock, format_time, parse_time
 from .config import EngineConfig
 from .features import ALL_GROUPS, customer_features, time_anchors
@@ -135,10 +137,21 @@ class Engine:
         self._by_groups: dict[frozenset[str], list[SegmentDef]] = {}
 
     # ------------------------------------------------------------------ public API
-    def process(self, event: dict[str, Any], position: tuple[str, int] | None = None) -> list[dict]:
-        """Apply one validated event; return the changes it (and the watermark it moves) causes."""
+    def process(self, event: dict[str, Any], position: tuple[str, int] | None = None,
+                received_at: float | None = None) -> list[dict]:
+        """Apply one validated event; return the changes it (and the watermark it moves) causes.
+
+        ``position`` is the event's (source, offset), for exact replay after a crash;
+        ``received_at`` is when the transport received it (the Kafka record timestamp): an
+        event claiming to happen further ahead of it than ``max_future_skew`` is refused, so
+        one bad clock cannot drag the watermark into the future.
+        """
         key = event_key(event)
         t = parse_time(event["occurred_at"])
+        if received_at is not None and t > received_at + self.config.max_future_skew:
+            raise ProcessingError(
+                f"occurred_at is {(t - received_at) / 3600:.1f} h ahead of the time it was received "
+                f"(more than max_future_skew = {self.config.max_future_skew / 3600:g} h)")
         kind = event["type"]
         state = self.store.get(key)
         if position is not None and state is not None:
@@ -240,6 +253,20 @@ class Engine:
         heapq.heapify(heap)
         self._heap = heap
         return len(heap)
+
+    def dump_state(self) -> bytes:
+        """Everything the engine holds (meta and every key's state) as JSON bytes."""
+        return orjson.dumps({"meta": self.export_meta(),
+                             "states": {k: v.to_dict() for k, v in self.store.items()}},
+                            option=orjson.OPT_SORT_KEYS)
+
+    def load_state(self, blob: bytes) -> None:
+        """Restore what ``dump_state`` saved (into the current store) and rebuild the index."""
+        doc = orjson.loads(blob)
+        self.import_meta(doc["meta"])
+        for k, v in doc["states"].items():
+            self.store[k] = CustomerState.from_dict(v)
+        self.rebuild_index()
 
     def export_meta(self) -> dict[str, Any]:
         return {"clock": self.clock.to_dict(), "metrics": self.metrics.to_dict(),
