@@ -220,7 +220,8 @@ class Engine:
             state = self.store.get(key)
             if state is None or state.due_at != due:
                 continue  # stale entry: the key was rescheduled or erased
-            outputs += self._advance_customer(state, to_time)
+            # one timer at a time, so changes come out in event-time order across keys
+            outputs += self._advance_customer(state, due)
             self._put(state)
         return outputs
 

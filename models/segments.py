@@ -139,7 +139,7 @@ class Rule:
             if value is None or isinstance(value, bool):
                 continue
             t = anchor + float(value) * TIME_FEATURES[name][1]
-            if t > after:
+            if t + _EPSILON > after:    # a strict comparison at `after` flips just after it
                 out.append(t)
         return out
 
@@ -195,6 +195,8 @@ class SegmentDef:
         try:
             for t in times:
                 for probe in (t, t + _EPSILON):
+                    if probe <= now:
+                        continue
                     for name, anchor in anchors.items():
                         features[name] = None if anchor is None else (probe - anchor) / TIME_FEATURES[name][1]
                     if rule(features):

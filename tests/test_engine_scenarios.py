@@ -268,3 +268,17 @@ def test_event_far_ahead_of_its_receive_time_is_refused():
         engine.process(e, received_at=shop.at(0))
     assert engine.clock.max_seen is None and engine.state_of("c") is None
     assert engine.process(e, received_at=shop.at(30, minute=1))
+
+
+def test_strict_time_rule_evaluated_exactly_at_its_boundary_still_fires_just_after():
+    """Regression: a member evaluated at the very instant of a strict boundary (> 10 days)
+    must get the due time just after it, not none (found by the fast/full equivalence test)."""
+    cat = parse_catalog(b'version = "x"\n[segments.s]\nenter = "orders >= 1"\n'
+                        b'exit = "days_since_last_order > 10"\n')
+    shop = Shop()
+    engine = Engine(catalog=cat, full_evaluation=True)
+    engine.process(shop.order("c", 0, 10))
+    assert engine.process(shop.view("c", 10)) == []        # exactly 10 days: not yet
+    out = engine.advance(shop.at(11))
+    assert [(c["segment"], c["change"]) for c in out] == [("s", "exited")]
+    assert out[0]["at"] == format_time(shop.at(10) + 0.001)
