@@ -273,7 +273,7 @@ def test_event_far_ahead_of_its_receive_time_is_refused():
 def test_strict_time_rule_evaluated_exactly_at_its_boundary_still_fires_just_after():
     """Regression: a member evaluated at the very instant of a strict boundary (> 10 days)
     must get the due time just after it, not none (found by the fast/full equivalence test)."""
-    cat = parse_catalog(b'version = "x"\n[segments.s]\nenter = "orders >= 1"\n'
+    cat = parse_catalog(b'version = "x"\n[segments.s]\nenter = "orders >= 1 and days_since_last_order <= 10"\n'
                         b'exit = "days_since_last_order > 10"\n')
     shop = Shop()
     engine = Engine(catalog=cat, full_evaluation=True)
