@@ -138,13 +138,15 @@ class Engine:
 
     # ------------------------------------------------------------------ public API
     def process(self, event: dict[str, Any], position: tuple[str, int] | None = None,
-                received_at: float | None = None) -> list[dict]:
+                received_at: float | None = None, visitor: dict | None = None) -> list[dict]:
         """Apply one validated event; return the changes it (and the watermark it moves) causes.
 
         ``position`` is the event's (source, offset), for exact replay after a crash;
         ``received_at`` is when the transport received it (the Kafka record timestamp): an
         event claiming to happen further ahead of it than ``max_future_skew`` is refused, so
-        one bad clock cannot drag the watermark into the future.
+        one bad clock cannot drag the watermark into the future. ``visitor`` is the state of
+        the event's ``anonymous_id`` handed over by the engine that owns it (see
+        ``export_visitor``) when that key lives on another partition.
         """
         key = event_key(event)
         t = parse_time(event["occurred_at"])
@@ -188,7 +190,7 @@ class Engine:
             touched = ALL_GROUPS
         anon = event.get("anonymous_id")
         if anon and anon != key and event.get("customer_id") and anon not in state.aliases:
-            outputs += self._link(state, anon, event, t)
+            outputs += self._link(state, anon, event, t, visitor)
             touched = ALL_GROUPS
         outputs += self._advance_customer(state, t)
         now = t if state.local_time is None or t > state.local_time else state.local_time
@@ -500,13 +502,30 @@ class Engine:
             if due is not None:
                 heapq.heappush(self._heap, (due, state.key))
 
-    def _link(self, state: CustomerState, anon: str, event: dict[str, Any], t: float) -> list[dict]:
-        """Fold an anonymous visitor's state into the customer it turned out to be."""
-        state.aliases.append(anon)
+    def needs_visitor(self, event: dict[str, Any]) -> str | None:
+        """The anonymous id whose state this event links to its customer, when that state is
+        not in this engine's store (it lives on another partition) and the link is new."""
+        anon, cid = event.get("anonymous_id"), event.get("customer_id")
+        if not anon or not cid or anon == cid or anon in self.store:
+            return None
+        state = self.store.get(cid)
+        return None if state is not None and anon in state.aliases else anon
+
+    def export_visitor(self, anon: str, event: dict[str, Any]) -> tuple[list[dict], dict | None]:
+        """Hand over an anonymous visitor linked by ``event`` (which carries both ids) to the
+        engine of its customer: exits the visitor's segments (reason ``identity_linked``),
+        removes its state and returns (changes, state as a dict, or None if unknown)."""
         visitor = self.store.get(anon)
         if visitor is None:
-            return []
-        out = []
+            return [], None
+        t = parse_time(event["occurred_at"])
+        out = self._exit_linked(visitor, event, t, event["customer_id"])
+        del self.store[anon]
+        self._dirty.add(anon)
+        return out, visitor.to_dict()
+
+    def _exit_linked(self, visitor: CustomerState, event: dict[str, Any], t: float, to: str) -> list[dict]:
+        out: list[dict] = []
         if visitor.segments:
             previous = sorted(visitor.segments)
             features = customer_features(visitor, t, self.config)
@@ -517,8 +536,29 @@ class Engine:
                     c = self._change(visitor, seg, "exited", features, max(t, visitor.local_time or t),
                                      "event", event["event_id"], previous, [])
                     c["reason"] = {"rule": "identity_linked", "condition": "exit",
-                                   "values": {"linked_to": state.key}, "drivers": []}
+                                   "values": {"linked_to": to}, "drivers": []}
                     out.append(c)
+        return out
+
+    def _link(self, state: CustomerState, anon: str, event: dict[str, Any], t: float,
+              handed_over: dict | None = None) -> list[dict]:
+        """Fold an anonymous visitor's state into the customer it turned out to be."""
+        state.aliases.append(anon)
+        out: list[dict] = []
+        if handed_over is not None:
+            visitor = CustomerState.from_dict(handed_over)
+        else:
+            visitor = self.store.get(anon)
+            if visitor is None:
+                return []
+            out = self._exit_linked(visitor, event, t, state.key)
+            del self.store[anon]
+            self._dirty.add(anon)
+        self._absorb(state, visitor)
+        self.counters["identities_linked"] += 1
+        return out
+
+    def _absorb(self, state: CustomerState, visitor: CustomerState) -> None:
         if state.session is None and visitor.session is not None:
             state.session = visitor.session
         for name in ("sessions", "page_views", "product_views", "searches", "carts_started",
@@ -533,10 +573,6 @@ class Engine:
             state.abandoned_cart_value = visitor.abandoned_cart_value
         state.seen_ids.extend(i for i in visitor.seen_ids if i not in state.seen_ids)
         del state.seen_ids[:-64]
-        del self.store[anon]
-        self._dirty.add(anon)
-        self.counters["identities_linked"] += 1
-        return out
 
     def _erase(self, key: str, event: dict[str, Any], t: float) -> list[dict]:
         """Data-protection erasure: drop the key's state (and its linked visitors')."""

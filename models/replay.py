@@ -73,7 +73,12 @@ class Replay:
         try:
             event = parse_event(raw)
             engine = self.engine_for(event_key(event))
-            out = engine.process(event)
+            out: list[dict] = []
+            visitor = None
+            anon = engine.needs_visitor(event)
+            if anon is not None:   # the visitor lives on another partition: hand it over first
+                out, visitor = self.engine_for(anon).export_visitor(anon, event)
+            out += engine.process(event, visitor=visitor)
         except ContractError as exc:
             self.rejected[f"{exc.stage}: {exc.path or '-'}: {_generic(exc.reason)}"] += 1
             return []

@@ -282,3 +282,17 @@ def test_strict_time_rule_evaluated_exactly_at_its_boundary_still_fires_just_aft
     out = engine.advance(shop.at(11))
     assert [(c["segment"], c["change"]) for c in out] == [("s", "exited")]
     assert out[0]["at"] == format_time(shop.at(10) + 0.001)
+
+
+def test_visitor_on_another_engine_is_handed_over_with_its_cart():
+    shop = Shop()
+    visitors, customers = Engine(), Engine()          # two partitions
+    visitors.process(shop.add("v9", 0, anonymous=True, price=12.0))
+    login = shop.view("c9", 0, minute=3, anonymous_id="v9")
+    assert customers.needs_visitor(login) == "v9"
+    exits, state = visitors.export_visitor("v9", login)
+    assert visitors.state_of("v9") is None and state is not None
+    customers.process(login, visitor=state)
+    c = customers.state_of("c9")
+    assert c.aliases == ["v9"] and c.session["cart_items"] == 1
+    assert customers.needs_visitor(shop.view("c9", 0, minute=4, anonymous_id="v9")) is None
