@@ -35,6 +35,8 @@ class EngineConfig:
     def to_store_currency(self, amount: float, currency: str | None) -> float:
         if currency is None or currency == self.store_currency:
             return amount
+        if type(currency) is not str:  # unknown fields are not schema-checked: e.g. a list
+            raise CurrencyError(f"currency must be a string, got {type(currency).__name__}")
         rate = self.currency_rates.get(currency)
         if rate is None:
             raise CurrencyError(f"no conversion rate from {currency} to {self.store_currency}")

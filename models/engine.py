@@ -559,6 +559,8 @@ class Engine:
         return out
 
     def _absorb(self, state: CustomerState, visitor: CustomerState) -> None:
+        if self.scorer is not None and hasattr(self.scorer, "merge_model_data"):
+            self.scorer.merge_model_data(state, visitor)
         if state.session is None and visitor.session is not None:
             state.session = visitor.session
         for name in ("sessions", "page_views", "product_views", "searches", "carts_started",
