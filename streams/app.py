@@ -1,0 +1,54 @@
+"""Build the Faust App from :class:`streams.settings.Settings`.
+
+``streams.app.app`` is the App built from the environment, with the topics, tables and
+agents registered on it (built on first access); nothing connects to a broker until a
+worker starts. The
+faust-streaming rebalance fix (``streams.faust_fixes``, faust issue 596) is applied here,
+deliberately, before any App exists.
+
+Processing guarantee: at-least-once (exactly-once is broken in faust-streaming 0.15.x and
+cannot be tested on the embedded broker). Duplicates are absorbed by the per-customer
+source positions and event-id dedupe, outputs carry deterministic ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import faust
+
+from streams.faust_fixes import apply_faust_fixes
+from streams.settings import Settings
+
+__all__ = ["app", "create_app"]
+
+
+def create_app(settings: Settings | None = None,
+               register: Callable[[faust.App, Settings], object] | None = None) -> faust.App:
+    """A new App for ``settings`` (default: from the environment) with the retention
+    topology registered (or ``register(app, settings)`` instead, for probes and tests)."""
+    settings = settings or Settings.from_env()
+    if not settings.disable_faust_fixes:
+        apply_faust_fixes()
+    app = faust.App(settings.app_id, autodiscover=False, **settings.faust_settings())
+    app.retention_settings = settings  # type: ignore[attr-defined]
+    if register is None:
+        from streams.agents import register as register_topology
+
+        register = register_topology
+    app.retention_topology = register(app, settings)  # type: ignore[attr-defined]
+    return app
+
+
+_app: faust.App | None = None
+
+
+def __getattr__(name: str) -> faust.App:
+    """``streams.app.app``: the App from the environment, built on first access (so that
+    importing :func:`create_app` builds nothing)."""
+    global _app
+    if name == "app":
+        if _app is None:
+            _app = create_app()
+        return _app
+    raise AttributeError(name)

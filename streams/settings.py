@@ -1,0 +1,200 @@
+"""One typed settings object for the streaming shell, read from the environment.
+
+Every value has an environment variable (``RETENTION_*``) and a default that works for a
+single local worker. Secrets are masked in ``repr``/``describe()``.
+
+>>> s = Settings.from_env({"RETENTION_BROKER": "k1:9092,k2:9092", "RETENTION_PARTITIONS": "8"})
+>>> s.broker, s.partitions, s.store
+('k1:9092,k2:9092', 8, 'rocksdb://')
+>>> s.faust_broker
+['kafka://k1:9092', 'kafka://k2:9092']
+>>> Settings.from_env({"RETENTION_SASL_PASSWORD": "hunter2"}).describe()["sasl_password"]
+'***'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["APP_VERSION", "Settings"]
+
+APP_VERSION = "0.1.0"
+
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def _bool(value: str | None, default: bool) -> bool:
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in _TRUE
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Settings of one worker (or one CLI client).
+
+    ``embedded_broker`` switches on the workarounds for the local Tansu broker (short
+    session timeout so a worker joins in about 5 s instead of 32 s; one record per produce
+    batch, because Tansu's ListOffsets is wrong for multi-record batches and Faust's table
+    recovery would stop short of the changelog end). Leave it off on Apache Kafka.
+    """
+
+    broker: str = "127.0.0.1:9092"
+    app_id: str = "retention-scorer"
+    topic_prefix: str = ""                        # e.g. "staging." (isolates environments, tests)
+    partitions: int = 4
+    replication: int = 1
+    store: str = "rocksdb://"
+    data_dir: str = "var/worker-0"
+    web_enabled: bool = True
+    web_port: int = 6066
+    web_bind: str = "127.0.0.1"
+    embedded_broker: bool = False
+    # security passthrough (Faust and kafka-python)
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str = "PLAIN"
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    # runtime tuning
+    session_timeout: float | None = None          # None: 6 s on the embedded broker, else Faust's
+    commit_interval: float = 1.0
+    clock_interval: float = 2.0                   # wall seconds between clock ticks; 0 = off
+    max_message_bytes: int = 64 * 1024            # ingest size limit (oversized -> DLQ)
+    log_level: str = "info"
+    #: only to prove that tests/test_streams_rebalance.py catches faust issue 596
+    disable_faust_fixes: bool = False
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        e = os.environ if env is None else env
+
+        def get(name: str, default: Any = None) -> Any:
+            v = e.get(f"RETENTION_{name}")
+            return default if v is None or v == "" else v
+
+        session = get("SESSION_TIMEOUT")
+        return cls(
+            broker=get("BROKER", cls.broker),
+            app_id=get("APP_ID", cls.app_id),
+            topic_prefix=get("TOPIC_PREFIX", cls.topic_prefix),
+            partitions=int(get("PARTITIONS", cls.partitions)),
+            replication=int(get("REPLICATION", cls.replication)),
+            store=get("STORE", cls.store),
+            data_dir=get("DATA_DIR", cls.data_dir),
+            web_enabled=_bool(get("WEB_ENABLED"), cls.web_enabled),
+            web_port=int(get("WEB_PORT", cls.web_port)),
+            web_bind=get("WEB_BIND", cls.web_bind),
+            embedded_broker=_bool(get("EMBEDDED_BROKER"), cls.embedded_broker),
+            security_protocol=get("SECURITY_PROTOCOL", cls.security_protocol).upper(),
+            sasl_mechanism=get("SASL_MECHANISM", cls.sasl_mechanism).upper(),
+            sasl_username=get("SASL_USERNAME"),
+            sasl_password=get("SASL_PASSWORD"),
+            ssl_cafile=get("SSL_CAFILE"),
+            ssl_certfile=get("SSL_CERTFILE"),
+            ssl_keyfile=get("SSL_KEYFILE"),
+            session_timeout=float(session) if session is not None else None,
+            commit_interval=float(get("COMMIT_INTERVAL", cls.commit_interval)),
+            clock_interval=float(get("CLOCK_INTERVAL", cls.clock_interval)),
+            max_message_bytes=int(get("MAX_MESSAGE_BYTES", cls.max_message_bytes)),
+            log_level=get("LOG_LEVEL", cls.log_level),
+            disable_faust_fixes=_bool(get("DISABLE_FAUST_FIXES"), False),
+        )
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    def topic(self, name: str) -> str:
+        """The real name of a catalogue topic (with ``topic_prefix``)."""
+        return f"{self.topic_prefix}{name}"
+
+    # -- derived -----------------------------------------------------------------------
+    @property
+    def bootstrap_list(self) -> list[str]:
+        return [b.strip().removeprefix("kafka://") for b in self.broker.split(",") if b.strip()]
+
+    @property
+    def faust_broker(self) -> list[str]:
+        return [f"kafka://{b}" for b in self.bootstrap_list]
+
+    @property
+    def effective_session_timeout(self) -> float | None:
+        if self.session_timeout is not None:
+            return self.session_timeout
+        return 6.0 if self.embedded_broker else None
+
+    def faust_credentials(self) -> Any:
+        """A Faust credentials object for the configured security protocol (or None)."""
+        import ssl
+
+        import faust
+
+        proto = self.security_protocol
+        context = None
+        if proto in ("SSL", "SASL_SSL"):
+            context = ssl.create_default_context(cafile=self.ssl_cafile)
+            if self.ssl_certfile:
+                context.load_cert_chain(self.ssl_certfile, self.ssl_keyfile)
+        if proto in ("SASL_PLAINTEXT", "SASL_SSL"):
+            return faust.SASLCredentials(username=self.sasl_username,
+                                         password=self.sasl_password,
+                                         mechanism=self.sasl_mechanism,
+                                         ssl_context=context)
+        if proto == "SSL":
+            return faust.SSLCredentials(context)
+        return None
+
+    def faust_settings(self) -> dict[str, Any]:
+        """Keyword arguments for :class:`faust.App`."""
+        conf: dict[str, Any] = {
+            "broker": self.faust_broker,
+            "store": self.store,
+            "datadir": str(Path(self.data_dir)),
+            "topic_partitions": self.partitions,
+            "topic_replication_factor": self.replication,
+            "processing_guarantee": "at_least_once",
+            "consumer_auto_offset_reset": "earliest",
+            "broker_commit_interval": self.commit_interval,
+            "web_enabled": self.web_enabled,
+            "web_port": self.web_port,
+            "web_bind": self.web_bind,
+            "web_host": self.web_bind,
+            "version": 1,
+        }
+        timeout = self.effective_session_timeout
+        if timeout is not None:
+            conf["broker_session_timeout"] = timeout
+            conf["broker_heartbeat_interval"] = max(0.5, timeout / 6)
+        if self.embedded_broker:
+            conf["producer_max_batch_size"] = 1
+        creds = self.faust_credentials()
+        if creds is not None:
+            conf["broker_credentials"] = creds
+        return conf
+
+    def kafka_python_config(self) -> dict[str, Any]:
+        """Connection settings for kafka-python clients (CLI producer, tail, topic init)."""
+        conf: dict[str, Any] = {"bootstrap_servers": self.bootstrap_list,
+                                "security_protocol": self.security_protocol}
+        if self.security_protocol in ("SASL_PLAINTEXT", "SASL_SSL"):
+            conf.update(sasl_mechanism=self.sasl_mechanism,
+                        sasl_plain_username=self.sasl_username,
+                        sasl_plain_password=self.sasl_password)
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            conf.update(ssl_cafile=self.ssl_cafile, ssl_certfile=self.ssl_certfile,
+                        ssl_keyfile=self.ssl_keyfile)
+        return conf
+
+    def describe(self) -> dict[str, Any]:
+        """Settings as a dict with secrets masked (safe to log)."""
+        d = dataclasses.asdict(self)
+        if d.get("sasl_password"):
+            d["sasl_password"] = "***"
+        return d
