@@ -59,6 +59,7 @@ class Topology:
         self.app = app
         self.settings = settings
         self.catalog = load_catalog()
+        self.engine_config = settings.engine_config()
         self._engine_cls = Engine
         p = settings.partitions
         name = settings.topic
@@ -78,7 +79,9 @@ class Topology:
         self.runtimes: dict[int, Runtime] = {}
         self.stats: dict[str, int] = {"messages": 0, "processed": 0, "dead_lettered": 0,
                                       "skipped": 0, "changes": 0, "ticks": 0, "errors": 0}
-        self.meta_every = 500
+        # the clock is saved with every flush of state: restored, it is then never behind
+        # the committed offset, so timers fire after a restart exactly as they did before
+        self.meta_every = 1
         self.meta_interval = 1.0
 
     # -- runtimes --------------------------------------------------------------------
@@ -92,7 +95,7 @@ class Topology:
         store = TableStore(self.customers,
                            keys=lambda: partition_keys(self.customers, partition, n),
                            owns=lambda key: partition_for(key, n) == partition)
-        engine = self._engine_cls(catalog=self.catalog, store=store)
+        engine = self._engine_cls(self.engine_config, catalog=self.catalog, store=store)
         keys = partition_keys(self.customers, partition, self.settings.partitions)
         meta = self.meta.get(str(partition).encode())
         restore_clock(engine, meta, first)

@@ -69,6 +69,11 @@ class Settings:
     clock_interval: float = 2.0                   # wall seconds between clock ticks; 0 = off
     max_message_bytes: int = 64 * 1024            # ingest size limit (oversized -> DLQ)
     log_level: str = "info"
+    # the engine (models.config.EngineConfig): event-time rules and money
+    store_currency: str = "GBP"
+    currency_rates: str = ""                      # "USD=0.8,EUR=0.86": rates into store currency
+    allowed_lateness: float = 300.0               # seconds the watermark trails the newest event
+    shopper_session_timeout: float = 1800.0       # inactivity that closes a shopping session
     #: only to prove that tests/test_streams_rebalance.py catches faust issue 596
     disable_faust_fixes: bool = False
 
@@ -106,7 +111,32 @@ class Settings:
             max_message_bytes=int(get("MAX_MESSAGE_BYTES", cls.max_message_bytes)),
             log_level=get("LOG_LEVEL", cls.log_level),
             disable_faust_fixes=_bool(get("DISABLE_FAUST_FIXES"), False),
+            store_currency=get("STORE_CURRENCY", cls.store_currency).upper(),
+            currency_rates=get("CURRENCY_RATES", cls.currency_rates),
+            allowed_lateness=float(get("ALLOWED_LATENESS", cls.allowed_lateness)),
+            shopper_session_timeout=float(get("SHOPPER_SESSION_TIMEOUT", cls.shopper_session_timeout)),
         )
+
+    def engine_config(self) -> Any:
+        """The engine's configuration (``models.config.EngineConfig``) from these settings.
+
+        >>> Settings(currency_rates="USD=0.8, eur=0.86").engine_config().currency_rates
+        {'USD': 0.8, 'EUR': 0.86}
+        """
+        from models.config import EngineConfig
+
+        rates: dict[str, float] = {}
+        for item in self.currency_rates.split(","):
+            if item.strip():
+                cur, sep, rate = item.partition("=")
+                try:
+                    rates[cur.strip().upper()] = float(rate)
+                except ValueError:
+                    raise ValueError(f"RETENTION_CURRENCY_RATES: {item.strip()!r} is not CUR=RATE "
+                                     "(e.g. USD=0.8)") from None
+        return EngineConfig(store_currency=self.store_currency, currency_rates=rates,
+                            allowed_lateness=self.allowed_lateness,
+                            session_timeout=self.shopper_session_timeout)
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
