@@ -161,6 +161,10 @@ class Engine:
             if state.positions.get(source, -1) >= offset:
                 self.counters["replayed_skipped"] += 1
                 return []
+        if state is not None and state.retired:
+            state = CustomerState(key=key, customer_id=event.get("customer_id"),
+                                  anonymous=event.get("customer_id") is None, first_seen_at=t,
+                                  positions=dict(state.positions))
         if "currency" in event:
             try:
                 self.config.to_store_currency(0.0, event["currency"])
@@ -228,10 +232,11 @@ class Engine:
         return outputs
 
     def state_of(self, key: str) -> CustomerState | None:
-        return self.store.get(key)
+        state = self.store.get(key)
+        return None if state is None or state.retired else state
 
     def features_of(self, key: str, now: float | None = None) -> dict[str, Any] | None:
-        state = self.store.get(key)
+        state = self.state_of(key)
         if state is None:
             return None
         at = now if now is not None else (state.local_time or 0.0)
@@ -506,7 +511,7 @@ class Engine:
         """The anonymous id whose state this event links to its customer, when that state is
         not in this engine's store (it lives on another partition) and the link is new."""
         anon, cid = event.get("anonymous_id"), event.get("customer_id")
-        if not anon or not cid or anon == cid or anon in self.store:
+        if not anon or not cid or anon == cid or self.state_of(anon) is not None:
             return None
         state = self.store.get(cid)
         return None if state is not None and anon in state.aliases else anon
@@ -515,14 +520,19 @@ class Engine:
         """Hand over an anonymous visitor linked by ``event`` (which carries both ids) to the
         engine of its customer: exits the visitor's segments (reason ``identity_linked``),
         removes its state and returns (changes, state as a dict, or None if unknown)."""
-        visitor = self.store.get(anon)
+        visitor = self.state_of(anon)
         if visitor is None:
             return [], None
         t = parse_time(event["occurred_at"])
         out = self._exit_linked(visitor, event, t, event["customer_id"])
-        del self.store[anon]
-        self._dirty.add(anon)
+        self._retire(visitor)
         return out, visitor.to_dict()
+
+    def _retire(self, visitor: CustomerState) -> None:
+        """Replace a linked visitor's state by a marker holding only its source positions."""
+        self.store[visitor.key] = CustomerState(key=visitor.key, anonymous=True, retired=True,
+                                                positions=dict(visitor.positions))
+        self._dirty.add(visitor.key)
 
     def _exit_linked(self, visitor: CustomerState, event: dict[str, Any], t: float, to: str) -> list[dict]:
         out: list[dict] = []
@@ -548,12 +558,11 @@ class Engine:
         if handed_over is not None:
             visitor = CustomerState.from_dict(handed_over)
         else:
-            visitor = self.store.get(anon)
+            visitor = self.state_of(anon)
             if visitor is None:
                 return []
             out = self._exit_linked(visitor, event, t, state.key)
-            del self.store[anon]
-            self._dirty.add(anon)
+            self._retire(visitor)
         self._absorb(state, visitor)
         self.counters["identities_linked"] += 1
         return out
@@ -578,7 +587,7 @@ class Engine:
 
     def _erase(self, key: str, event: dict[str, Any], t: float) -> list[dict]:
         """Data-protection erasure: drop the key's state (and its linked visitors')."""
-        state = self.store.get(key)
+        state = self.state_of(key)
         previous = sorted(state.segments) if state is not None else []
         keys = [key] + (list(state.aliases) if state is not None else [])
         for k in keys:

@@ -116,6 +116,8 @@ class Replay:
         customers = 0
         for engine in self.engines:
             for state in engine.store.values():
+                if state.retired:
+                    continue
                 customers += 1
                 sizes.update(state.segments.keys())
         return {

@@ -84,6 +84,9 @@ class CustomerState:
     seen_ids: list = field(default_factory=list)
     positions: dict = field(default_factory=dict)        # source -> last applied offset
     duplicates: int = 0
+    # a visitor folded into its customer: only ``positions`` are kept, so that its events
+    # replayed after a crash are still recognised and skipped (see Engine._retire)
+    retired: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in _FIELD_NAMES}

@@ -296,3 +296,20 @@ def test_visitor_on_another_engine_is_handed_over_with_its_cart():
     c = customers.state_of("c9")
     assert c.aliases == ["v9"] and c.session["cart_items"] == 1
     assert customers.needs_visitor(shop.view("c9", 0, minute=4, anonymous_id="v9")) is None
+
+
+def test_linked_visitor_events_replayed_after_a_crash_are_skipped_not_revived():
+    """Regression (found by the SIGKILL test): a visitor folded into its customer keeps its
+    source positions, so its own events replayed after a crash do not bring it back."""
+    shop = Shop()
+    engine = Engine()
+    add = shop.add("v1", 0, anonymous=True, price=15.0)
+    engine.process(add, position=("shop.clickstream:1", 40))
+    engine.process(shop.view("c1", 0, minute=2, anonymous_id="v1"), position=("shop.clickstream:3", 7))
+    assert engine.state_of("v1") is None
+    assert engine.process(add, position=("shop.clickstream:1", 40)) == []        # the replay
+    assert engine.state_of("v1") is None and engine.counters["replayed_skipped"] == 1
+    assert [c for c in engine.advance(shop.at(30)) if c["customer_id"] == "v1"] == []
+    # a genuinely new event of that visitor starts afresh
+    engine.process(shop.view("v1", 1, anonymous=True), position=("shop.clickstream:1", 41))
+    assert engine.state_of("v1").page_views == 1
