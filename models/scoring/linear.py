@@ -1,0 +1,92 @@
+"""An online logistic regression with per-customer explanations.
+
+``StandardScaler | LogisticRegression`` from River over a fixed list of numeric features.
+The explanation of a score is linear and exact in log-odds: the contribution of feature
+``i`` is ``w_i * z_i`` where ``z_i`` is the feature standardised by the scaler's running
+mean and standard deviation, so the contributions plus the intercept add up to the logit
+of the model's probability. A positive contribution pushes the probability up relative to
+an average customer (z = 0).
+
+>>> m = OnlineLogit(["a", "b"], lr=0.1)
+>>> for i in range(200):
+...     m.learn({"a": i % 2, "b": 0.5}, i % 2 == 1)
+>>> m.proba({"a": 1, "b": 0.5}) > 0.8 > 0.2 > m.proba({"a": 0, "b": 0.5})
+True
+>>> [c["feature"] for c in m.contributions({"a": 1, "b": 0.5})][:1]
+['a']
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+from river import linear_model, optim, preprocessing
+
+__all__ = ["OnlineLogit", "logit", "sigmoid"]
+
+
+def logit(p: float, eps: float = 1e-6) -> float:
+    p = min(max(p, eps), 1.0 - eps)
+    return math.log(p / (1.0 - p))
+
+
+def sigmoid(z: float) -> float:
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    e = math.exp(z)
+    return e / (1.0 + e)
+
+
+class OnlineLogit:
+    """Scaler + logistic regression learned one labelled example at a time."""
+
+    def __init__(self, feature_names: Sequence[str], lr: float = 0.02, l2: float = 1e-4,
+                 intercept_lr: float = 0.02) -> None:
+        self.feature_names = tuple(feature_names)
+        self.scaler = preprocessing.StandardScaler()
+        self.model = linear_model.LogisticRegression(
+            optimizer=optim.SGD(lr), l2=l2, intercept_lr=intercept_lr)
+        self.n_learned = 0
+        self._w: dict[str, float] | None = None     # cache of the weights as a plain dict
+
+    def learn(self, x: dict[str, float], y: bool) -> None:
+        self.scaler.learn_one(x)
+        self.model.learn_one(self.scaler.transform_one(x), bool(y))
+        self.n_learned += 1
+        self._w = None
+
+    def explain(self, x: dict[str, float]) -> tuple[float, list[tuple[float, str]]]:
+        """The probability and the ``(w_i * z_i, feature)`` contributions, in one pass.
+
+        Same arithmetic as ``predict_proba_one(scaler.transform_one(x))`` without River's
+        per-call dict copies and without touching the scaler's defaultdicts (pure).
+        """
+        w = self._w
+        if w is None:
+            w = self._w = self.model.weights
+        means, vars_ = self.scaler.means, self.scaler.vars
+        logit_ = self.model.intercept
+        contribs = []
+        for f in self.feature_names:
+            v = vars_.get(f, 0.0)
+            z = (x[f] - means.get(f, 0.0)) / v ** 0.5 if v else 0.0
+            c = w.get(f, 0.0) * z
+            logit_ += c
+            contribs.append((c, f))
+        return sigmoid(logit_), contribs
+
+    def proba(self, x: dict[str, float]) -> float:
+        return self.explain(x)[0]
+
+    def contributions(self, x: dict[str, float], top: int | None = None) -> list[dict]:
+        """``w_i * z_i`` per feature (log-odds), largest magnitude first."""
+        _p, contribs = self.explain(x)
+        contribs.sort(key=lambda c: -abs(c[0]))
+        if top is not None:
+            contribs = contribs[:top]
+        return [{"feature": f, "value": x.get(f), "contribution": c} for c, f in contribs]
+
+    @property
+    def intercept(self) -> float:
+        return self.model.intercept
