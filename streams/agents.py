@@ -45,6 +45,7 @@ class Runtime:
     store: TableStore
     since_meta: int = 0
     last_meta: float = field(default_factory=time.monotonic)
+    last_snapshot: float = field(default_factory=time.monotonic)
     positions: dict[str, int] = field(default_factory=dict)   # last offset read per topic
     checkpoints: list = field(default_factory=list)            # [[positions, clock], ...]
 
@@ -76,6 +77,8 @@ class Topology:
                                    value_type=None)
         self.meta = app.Table(T.TABLE_PARTITION_META, partitions=p, key_type=bytes,
                               value_type=None)
+        self.models = app.Table(T.TABLE_MODELS, partitions=p, key_type=bytes, value_type=None)
+        self._snapshot_key = settings.snapshot_key() if settings.models else b""
         self.runtimes: dict[int, Runtime] = {}
         self.stats: dict[str, int] = {"messages": 0, "processed": 0, "dead_lettered": 0,
                                       "skipped": 0, "changes": 0, "ticks": 0, "errors": 0}
@@ -95,7 +98,9 @@ class Topology:
         store = TableStore(self.customers,
                            keys=lambda: partition_keys(self.customers, partition, n),
                            owns=lambda key: partition_for(key, n) == partition)
-        engine = self._engine_cls(self.engine_config, catalog=self.catalog, store=store)
+        hub = self._load_hub(partition) if self.settings.models else None
+        engine = self._engine_cls(self.engine_config, catalog=self.catalog, store=store,
+                                  scorer=hub)
         keys = partition_keys(self.customers, partition, self.settings.partitions)
         meta = self.meta.get(str(partition).encode())
         restore_clock(engine, meta, first)
@@ -111,6 +116,41 @@ class Topology:
         log.info("partition %d: engine ready, %d keys, %d timers, watermark %s", partition,
                  len(keys), indexed, engine.clock.watermark)
         return rt
+
+    def _load_hub(self, partition: int) -> Any:
+        """The partition's model hub: its last signed snapshot, or a new one. A snapshot whose
+        signature does not check is refused (never unpickled) and logged."""
+        import base64
+
+        from models.scoring import HubConfig, ModelHub
+        from models.scoring.hub import SnapshotError
+
+        config = HubConfig(snapshot_key=self._snapshot_key,
+                           session_timeout=self.engine_config.session_timeout)
+        saved = self.models.get(str(partition).encode())
+        if saved:
+            try:
+                hub = ModelHub.restore(base64.b64decode(saved["blob_b64"]), self._snapshot_key, config)
+                log.info("partition %d: models restored (%s)", partition, hub.versions)
+                return hub
+            except (SnapshotError, KeyError, ValueError) as exc:
+                log.error("partition %d: model snapshot refused (%s); starting new models",
+                          partition, exc)
+        return ModelHub(config)
+
+    def _snapshot_models(self, rt: Runtime, force: bool = False) -> None:
+        hub = rt.processor.engine.scorer
+        if hub is None:
+            return
+        now = time.monotonic()
+        if not force and now - rt.last_snapshot < self.settings.model_snapshot_interval:
+            return
+        import base64
+
+        self.models[str(rt.partition).encode()] = {
+            "blob_b64": base64.b64encode(hub.snapshot()).decode("ascii"),
+            "versions": dict(hub.versions)}
+        rt.last_snapshot = now
 
     def forget(self, partitions: set[int]) -> None:
         for p in partitions:
@@ -254,6 +294,7 @@ class Topology:
             self.meta[str(rt.partition).encode()] = meta
             rt.since_meta = 0
             rt.last_meta = now
+        self._snapshot_models(rt)
 
     # -- clock -----------------------------------------------------------------------
     async def send_ticks(self) -> None:

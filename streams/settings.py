@@ -74,6 +74,10 @@ class Settings:
     currency_rates: str = ""                      # "USD=0.8,EUR=0.86": rates into store currency
     allowed_lateness: float = 300.0               # seconds the watermark trails the newest event
     shopper_session_timeout: float = 1800.0       # inactivity that closes a shopping session
+    # online models (models.scoring.ModelHub), one per partition
+    models: bool = True
+    model_key: str | None = field(default=None, repr=False)   # HMAC key of model snapshots
+    model_snapshot_interval: float = 30.0         # wall seconds between snapshots per partition
     #: only to prove that tests/test_streams_rebalance.py catches faust issue 596
     disable_faust_fixes: bool = False
 
@@ -115,7 +119,28 @@ class Settings:
             currency_rates=get("CURRENCY_RATES", cls.currency_rates),
             allowed_lateness=float(get("ALLOWED_LATENESS", cls.allowed_lateness)),
             shopper_session_timeout=float(get("SHOPPER_SESSION_TIMEOUT", cls.shopper_session_timeout)),
+            models=_bool(get("MODELS"), cls.models),
+            model_key=get("MODEL_KEY"),
+            model_snapshot_interval=float(get("MODEL_SNAPSHOT_INTERVAL", cls.model_snapshot_interval)),
         )
+
+    def snapshot_key(self) -> bytes:
+        """The HMAC key of model snapshots: ``RETENTION_MODEL_KEY``, else a random key kept
+        (mode 0600) in ``<data dir>/model.key`` and reused on every start of this worker.
+        Several workers of one app must share a key: set ``RETENTION_MODEL_KEY`` for them."""
+        if self.model_key:
+            return self.model_key.encode("utf-8")
+        import secrets
+
+        path = Path(self.data_dir) / "model.key"
+        if path.exists():
+            return path.read_bytes().strip()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_hex(32).encode()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(key)
+        return key
 
     def engine_config(self) -> Any:
         """The engine's configuration (``models.config.EngineConfig``) from these settings.
@@ -225,6 +250,7 @@ class Settings:
     def describe(self) -> dict[str, Any]:
         """Settings as a dict with secrets masked (safe to log)."""
         d = dataclasses.asdict(self)
-        if d.get("sasl_password"):
-            d["sasl_password"] = "***"
+        for secret in ("sasl_password", "model_key"):
+            if d.get(secret):
+                d[secret] = "***"
         return d

@@ -13,7 +13,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["CLOCK_TOPIC", "INPUT_TOPICS", "SEGMENT_CHANGES", "TABLE_CUSTOMERS",
+__all__ = ["CLOCK_TOPIC", "INPUT_TOPICS", "SEGMENT_CHANGES", "TABLE_CUSTOMERS", "TABLE_MODELS",
            "TABLE_PARTITION_META", "TopicSpec", "catalogue", "changelog_topic", "dlq_topic",
            "segment_names", "segment_topic", "topic_for_event_type"]
 
@@ -30,6 +30,7 @@ CLOCK_TOPIC = "retention.clock"
 
 TABLE_CUSTOMERS = "customers"
 TABLE_PARTITION_META = "partition-meta"
+TABLE_MODELS = "models"
 
 DAY_MS = 86_400_000
 
@@ -132,4 +133,7 @@ def catalogue(app_id: str = "retention-scorer", segments: list[str] | None = Non
                            internal=True))
     specs.append(TopicSpec(changelog_topic(app_id, TABLE_PARTITION_META), "partition number",
                            "engine meta JSON (watermark, counters)", "compact", internal=True))
+    specs.append(TopicSpec(changelog_topic(app_id, TABLE_MODELS), "partition number",
+                           "signed model snapshot {blob_b64, versions} (HMAC-SHA256, checked "
+                           "before unpickling)", "compact", internal=True))
     return specs

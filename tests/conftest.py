@@ -159,6 +159,9 @@ def worker_env(bootstrap: str, app_id: str, data_dir: Path, **extra: str) -> dic
         "RETENTION_DATA_DIR": str(data_dir),
         "RETENTION_WEB_PORT": str(free_port()),
         "RETENTION_PARTITIONS": "4",
+        # models off unless a test asks: a crash restores models from a snapshot taken on a
+        # wall-clock interval, so scores (not the facts) after a restart legitimately differ
+        "RETENTION_MODELS": "0",
     }
     env.update(extra)
     return env
@@ -166,8 +169,10 @@ def worker_env(bootstrap: str, app_id: str, data_dir: Path, **extra: str) -> dic
 
 # --------------------------------------------------------------------------- broker I/O helpers
 def produce_raw(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes]],
-                headers: list[list[tuple[str, bytes]]] | None = None) -> list[tuple[int, int]]:
-    """Send (key, value) records with kafka-python; returns their (partition, offset)."""
+                headers: list[list[tuple[str, bytes]]] | None = None,
+                partition: int | None = None) -> list[tuple[int, int]]:
+    """Send (key, value) records with kafka-python (to ``partition`` if given, else by key);
+    returns their (partition, offset)."""
     from kafka import KafkaProducer
 
     # batch_size=1: one record per produce batch (Tansu's ListOffsets is wrong for
@@ -182,7 +187,8 @@ def produce_raw(bootstrap: str, topic: str, records: list[tuple[bytes | None, by
                 futures.append(producer.send(topic, key=None, value=value, partition=0,
                                              headers=h))
             else:
-                futures.append(producer.send(topic, key=key, value=value, headers=h))
+                futures.append(producer.send(topic, key=key, value=value, headers=h,
+                                             partition=partition))
         producer.flush()
         out = []
         for f in futures:
@@ -275,7 +281,8 @@ def table_from_changelog(bootstrap: str, topic: str) -> dict[str, dict]:
     return table
 
 
-def replay(lines: list[bytes], partitions: int = 4) -> tuple[list[dict], dict[str, dict]]:
+def replay(lines: list[bytes], partitions: int = 4,
+           models: bool = False) -> tuple[list[dict], dict[str, dict]]:
     """Offline replay through the engine, split like Kafka: (changes, final states).
 
     One engine per partition, each seeing only its own partition's keys: what the streaming
@@ -289,7 +296,11 @@ def replay(lines: list[bytes], partitions: int = 4) -> tuple[list[dict], dict[st
     from models.segments import load_catalog
 
     catalog = load_catalog()
-    engines = [Engine(catalog=catalog) for _ in range(partitions)]
+    if models:   # one hub per partition, as the worker keeps them
+        from models.scoring import ModelHub
+        engines = [Engine(catalog=catalog, scorer=ModelHub()) for _ in range(partitions)]
+    else:
+        engines = [Engine(catalog=catalog) for _ in range(partitions)]
     changes: list[dict] = []
     for line in lines:
         try:

@@ -46,7 +46,7 @@ def summary(env: dict[str, str]) -> dict:
 
 
 def check_against_replay(broker, settings: Settings, lines: list[bytes]) -> tuple[int, int]:
-    expected_changes, expected_states = replay(lines, settings.partitions)
+    expected_changes, expected_states = replay(lines, settings.partitions, settings.models)
     got = [orjson.loads(r.value) for r in read_topic(broker.bootstrap,
                                                       settings.topic("segments.changes"))]
     by_id = {c["event_id"]: c for c in got}
@@ -75,7 +75,9 @@ def check_against_replay(broker, settings: Settings, lines: list[bytes]) -> tupl
 
 
 def test_events_become_the_replayed_changes_and_state(broker, workers, unique, tmp_path):
-    env, settings = setup_env(broker, unique, tmp_path)
+    """With the online models on: scores and model versions are part of the facts compared
+    (one hub per partition learns in partition order, as the offline replay does)."""
+    env, settings = setup_env(broker, unique, tmp_path, RETENTION_MODELS="1")
     w = workers("streams", env, name="worker")
     ready = w.wait_ready(60)
     lines = simulated_lines(customers=80, days=90, seed=11)
@@ -86,6 +88,10 @@ def test_events_become_the_replayed_changes_and_state(broker, workers, unique, t
     n_changes, _ = check_against_replay(broker, settings, lines)
     stats = summary(env)["stats"]
     assert stats["processed"] == len(lines) and stats["dead_lettered"] == 0, stats
+    changes = [orjson.loads(r.value) for r in read_topic(broker.bootstrap,
+                                                          settings.topic("segments.changes"))]
+    assert all(c["model_versions"] for c in changes)
+    assert any(c["scores"]["churn_risk"] is not None for c in changes)
     print(f"worker ready in {ready:.1f}s; {len(lines)} events -> {n_changes} changes in "
           f"{dt:.1f}s ({len(lines) / dt:.0f} events/s end to end)")
 
