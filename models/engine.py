@@ -49,7 +49,7 @@ from .features import ALL_GROUPS, customer_features, time_anchors
 from .profile import apply_cancellation, apply_feedback, apply_order
 from .segments import Catalog, SegmentDef, load_catalog
 from .session import apply_cart, close_session, open_or_continue, session_due
-from .state import RECENT_CHANGES_KEPT, CustomerState
+from .state import ALIASES_KEPT, RECENT_CHANGES_KEPT, CustomerState
 from .store_metrics import StoreMetrics
 
 __all__ = ["Engine", "Scorer", "ProcessingError", "change_id", "SCHEMA_VERSION"]
@@ -162,9 +162,14 @@ class Engine:
                 self.counters["replayed_skipped"] += 1
                 return []
         if state is not None and state.retired:
+            if event["event_id"] in state.seen_ids:     # a re-delivery of a linked visitor's event
+                self.counters["duplicates"] += 1
+                self._remember_position(state, position)
+                self._put(state)
+                return []
             state = CustomerState(key=key, customer_id=event.get("customer_id"),
                                   anonymous=event.get("customer_id") is None, first_seen_at=t,
-                                  positions=dict(state.positions))
+                                  positions=dict(state.positions), seen_ids=list(state.seen_ids))
         if "currency" in event:
             try:
                 self.config.to_store_currency(0.0, event["currency"])
@@ -306,6 +311,22 @@ class Engine:
         kind = event["type"]
         cfg = self.config
         closed: list[dict] = []
+        if kind in SESSION_TYPES and state.session is None and state.last_session_end is not None \
+                and t <= state.last_session_end:
+            # late: it belongs to a session that is already closed (by its order or timeout).
+            # Count it, but open no phantom session and start no cart.
+            self.counters["late_for_closed_session"] += 1
+            if kind == "page_view":
+                state.page_views += 1
+            elif kind == "product_viewed":
+                state.product_views += 1
+            elif kind == "search":
+                state.searches += 1
+            elif kind == "checkout_started":
+                state.checkouts_started += 1
+            elif kind == "order_completed":
+                self._apply_order(state, event, t)
+            return closed
         if kind in SESSION_TYPES:
             if state.last_event_at is None or t > state.last_event_at:
                 state.last_event_at = t
@@ -335,12 +356,7 @@ class Engine:
                     state.checkouts_started += 1
                 sess["checkout"] = True
             elif kind == "order_completed":
-                orders_before, last_before = state.orders, state.last_order_at
-                if apply_order(state, event, t, cfg):
-                    total = state.recent_orders[str(event["order_id"])][0]
-                    self.metrics.on_order(orders_before, t, last_before, total, state.first_order_at)
-                else:
-                    self.counters["duplicate_orders"] += 1
+                self._apply_order(state, event, t)
                 closed.append(close_session(state, max(t, sess["last_at"]), ordered=True))
         elif kind in ("order_refunded", "order_cancelled"):
             before = state.refunded_amount
@@ -349,6 +365,14 @@ class Engine:
         elif kind in ("review_submitted", "support_ticket", "delivery_issue"):
             apply_feedback(state, event, t, cfg)
         return closed
+
+    def _apply_order(self, state: CustomerState, event: dict[str, Any], t: float) -> None:
+        orders_before, last_before = state.orders, state.last_order_at
+        if apply_order(state, event, t, self.config):
+            total = state.recent_orders[str(event["order_id"])][0]
+            self.metrics.on_order(orders_before, t, last_before, total, state.first_order_at)
+        else:
+            self.counters["duplicate_orders"] += 1
 
     def _score_features(self, state: CustomerState, features: dict[str, Any]) -> dict[str, Any]:
         sc = state.scores
@@ -531,7 +555,8 @@ class Engine:
     def _retire(self, visitor: CustomerState) -> None:
         """Replace a linked visitor's state by a marker holding only its source positions."""
         self.store[visitor.key] = CustomerState(key=visitor.key, anonymous=True, retired=True,
-                                                positions=dict(visitor.positions))
+                                                positions=dict(visitor.positions),
+                                                seen_ids=list(visitor.seen_ids))
         self._dirty.add(visitor.key)
 
     def _exit_linked(self, visitor: CustomerState, event: dict[str, Any], t: float, to: str) -> list[dict]:
@@ -554,6 +579,7 @@ class Engine:
               handed_over: dict | None = None) -> list[dict]:
         """Fold an anonymous visitor's state into the customer it turned out to be."""
         state.aliases.append(anon)
+        del state.aliases[:-ALIASES_KEPT]
         out: list[dict] = []
         if handed_over is not None:
             visitor = CustomerState.from_dict(handed_over)

@@ -24,7 +24,9 @@ from typing import Any
 
 from .state import CustomerState
 
-__all__ = ["apply_cart", "close_session", "open_or_continue", "session_due"]
+__all__ = ["MAX_CART_LINES", "apply_cart", "close_session", "open_or_continue", "session_due"]
+
+MAX_CART_LINES = 200   # distinct products kept per cart; more are pooled under "_other"
 
 
 def new_session(session_id: str | None, t: float) -> dict[str, Any]:
@@ -47,6 +49,7 @@ def close_session(state: CustomerState, at: float, ordered: bool) -> dict[str, A
     sess = state.session
     assert sess is not None
     state.session = None
+    state.last_session_end = at
     abandoned = (not ordered) and sess["cart_items"] > 0
     if abandoned:
         state.carts_abandoned += 1
@@ -85,37 +88,53 @@ def open_or_continue(state: CustomerState, event: dict[str, Any], t: float,
 
 
 def apply_cart(sess: dict[str, Any], event: dict[str, Any]) -> None:
-    """Apply ``product_added`` / ``product_removed`` to the session's cart."""
+    """Apply ``product_added`` / ``product_removed`` to the session's cart.
+
+    Items and value are kept incrementally (constant work per event); a cart holds at most
+    ``MAX_CART_LINES`` distinct products, further ones are pooled under ``"_other"``. The
+    shop's ``cart_total_after``, when present, is the cart value.
+    """
     cart = sess["cart"]
     pid = str(event.get("product_id"))
     qty = int(event.get("quantity", 1))
     price = float(event.get("price", 0.0))
     list_price = event.get("list_price")
+    items = sess["cart_items"]
+    value = sess.get("cart_raw_value", 0.0)
     if event["type"] == "product_added":
         line = cart.get(pid)
+        if line is None and len(cart) >= MAX_CART_LINES:
+            pid = "_other"
+            line = cart.get(pid)
         if line is None:
             cart[pid] = [qty, price]
         else:
+            value -= line[0] * line[1]
             line[0] += qty
             line[1] = price
+            value += line[0] * price
+            value -= qty * price  # added below, once
+        items += qty
+        value += qty * price
         if list_price is not None and price < float(list_price):
             sess["discount_seen"] = True
         sess["had_cart"] = True
     else:
         line = cart.get(pid)
         if line is not None:
-            line[0] -= qty
+            gone = min(qty, line[0])
+            line[0] -= gone
+            items -= gone
+            value -= gone * line[1]
             if line[0] <= 0:
                 del cart[pid]
     if event.get("cart_id") is not None:
         sess["cart_id"] = event["cart_id"]
-    items = 0
-    value = 0.0
-    for q, p in cart.values():
-        items += q
-        value += q * p
-    reported = event.get("cart_total_after")
+    if not cart:
+        items, value = 0, 0.0
     sess["cart_items"] = items
+    sess["cart_raw_value"] = value
+    reported = event.get("cart_total_after")
     sess["cart_value"] = round(float(reported) if reported is not None else value, 2)
     if sess["cart_value"] > sess["max_cart_value"]:
         sess["max_cart_value"] = sess["cart_value"]

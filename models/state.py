@@ -17,11 +17,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-__all__ = ["CustomerState", "SEEN_IDS_KEPT", "ORDERS_KEPT", "RECENT_CHANGES_KEPT"]
+__all__ = ["ALIASES_KEPT", "CustomerState", "ORDERS_KEPT", "RECENT_CHANGES_KEPT", "SEEN_IDS_KEPT"]
 
 SEEN_IDS_KEPT = 64          # event ids remembered per key to drop duplicates
 ORDERS_KEPT = 32            # recent order ids remembered (duplicate orders, refunds without amount)
 RECENT_CHANGES_KEPT = 10    # last segment changes kept for the operator view
+ALIASES_KEPT = 16           # anonymous ids linked to a customer, the most recent ones
 
 
 @dataclass(slots=True, eq=True)
@@ -61,6 +62,7 @@ class CustomerState:
     abandoned_cart_value: float = 0.0                    # value of the cart abandoned since the last order
     checkouts_started: int = 0
     session: dict | None = None
+    last_session_end: float | None = None                # when the last session closed
     # feedback
     reviews: int = 0
     rating_sum: float = 0.0
