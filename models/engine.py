@@ -161,15 +161,6 @@ class Engine:
             if state.positions.get(source, -1) >= offset:
                 self.counters["replayed_skipped"] += 1
                 return []
-        if state is not None and state.retired:
-            if event["event_id"] in state.seen_ids:     # a re-delivery of a linked visitor's event
-                self.counters["duplicates"] += 1
-                self._remember_position(state, position)
-                self._put(state)
-                return []
-            state = CustomerState(key=key, customer_id=event.get("customer_id"),
-                                  anonymous=event.get("customer_id") is None, first_seen_at=t,
-                                  positions=dict(state.positions), seen_ids=list(state.seen_ids))
         if "currency" in event:
             try:
                 self.config.to_store_currency(0.0, event["currency"])
@@ -182,6 +173,15 @@ class Engine:
         if kind == "erasure_requested":
             out = self._erase(key, event, t)
             return out + self._advance_watermark()
+        if state is not None and state.retired:
+            if event["event_id"] in state.seen_ids:     # a re-delivery of a linked visitor's event
+                self.counters["duplicates"] += 1
+                self._remember_position(state, position)
+                self._put(state)
+                return []
+            state = CustomerState(key=key, customer_id=event.get("customer_id"),
+                                  anonymous=event.get("customer_id") is None, first_seen_at=t,
+                                  positions=dict(state.positions), seen_ids=list(state.seen_ids))
         if state is None:
             cid = event.get("customer_id")
             state = CustomerState(key=key, customer_id=cid, anonymous=cid is None, first_seen_at=t)
