@@ -222,7 +222,8 @@ class Topology:
 
     async def _on_event(self, rt: Runtime, msg: Any) -> None:
         headers = tuple((k, bytes(v) if v is not None else b"") for k, v in (msg.headers or ()))
-        m = Message(msg.topic, msg.partition, msg.offset, msg.key, msg.value, headers)
+        m = Message(msg.topic, msg.partition, msg.offset, msg.key, msg.value, headers,
+                    msg.timestamp if msg.timestamp else None)
         proc = rt.processor
         outcome = proc.handle(m)
         engine = proc.engine

@@ -34,6 +34,7 @@ class Message:
     key: bytes | None
     value: bytes | None
     headers: tuple[tuple[str, bytes], ...] = ()
+    timestamp: float | None = None   # the record timestamp (seconds): when it was received
 
 
 @dataclass
@@ -107,7 +108,8 @@ class PartitionProcessor:
                 engine.counters["replayed_skipped"] += 1
                 outputs = self.observe(parse_time(event["occurred_at"]))
                 return Outcome(outputs=self._checked(outputs), skipped=True)
-            outputs = engine.process(event, position=(msg.topic, msg.offset))
+            outputs = engine.process(event, position=(msg.topic, msg.offset),
+                                     received_at=msg.timestamp)
             outputs = self._checked(outputs)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a dead letter
             log.warning("processing failed at %s[%d]@%d: %s: %s", msg.topic, msg.partition,

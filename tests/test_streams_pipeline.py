@@ -106,6 +106,10 @@ BAD = {
                                              "customer_id": "c-bad", "schema_version": "1",
                                              "occurred_at": "2025-01-01T00:00:00Z"})),
     "size": (b"c-bad", b'{"pad": "' + b"x" * (70 * 1024) + b'"}'),
+    # valid, but claims to happen decades after the broker received it: refused, not applied
+    "processing": (b"c-future", orjson.dumps({"event_id": "f1", "type": "page_view",
+                                              "customer_id": "c-future", "schema_version": "1",
+                                              "occurred_at": "2099-01-01T00:00:00Z"})),
 }
 
 
@@ -158,6 +162,8 @@ def test_bad_messages_are_dead_lettered_and_the_rest_processed(broker, workers, 
         assert h["dlq.app_version"] and h["dlq.schema_version"] and h["dlq.error"]
         assert h["trace"] == headers[i][0][1]            # original headers kept
         assert r.key == records[i][0]                    # original key kept
+        if stage == "processing":
+            assert "ahead of the time it was received" in body["error"], body
         import base64
 
         original = records[i][1]
