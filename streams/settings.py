@@ -221,6 +221,9 @@ class Settings:
             "web_port": self.web_port,
             "web_bind": self.web_bind,
             "web_host": self.web_bind,
+            # Faust's own table browser (/table/<name>/<key>/) would serve customer state with
+            # no token: off. Operators use the token-protected /customers/<id> view.
+            "web_tables_enabled": False,
             "version": 1,
         }
         timeout = self.effective_session_timeout

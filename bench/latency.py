@@ -1,0 +1,168 @@
+"""End-to-end latency: event produced -> its segment change consumed, at a fixed offered rate.
+
+In one run, on one fresh embedded broker:
+
+1. the maximum rate: the real worker (full scoring, RocksDB) drains a backlog of
+   ``--backlog`` simulator events (timed from its first to its last event);
+2. the latency: a second worker group on fresh topics; a producer offers simulator events at
+   ``--fraction`` (default 0.5) of that maximum (or ``--rate``) for ``--seconds``; a consumer
+   of ``segments.changes`` matches each change caused by an event (``cause_event_id``) with
+   the time that event was handed to the producer. Reports p50 / p95 / p99 / max in ms.
+
+Producer, consumer and clock are in this process (one clock); the worker is its own
+process, as in production.
+
+    python bench/latency.py --backlog 20000 --seconds 60 --runs 3
+    python bench/latency.py --rate 1000 --seconds 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import _harness as H  # noqa: E402
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+async def offer(bootstrap: str, recs: list[tuple[str, bytes, bytes]], ids: list[str], rate: float,
+                changes_topic: str, settle: float) -> dict:
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+    sent: dict[str, float] = {}
+    lat: list[float] = []
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+                                enable_auto_commit=False, auto_offset_reset="latest",
+                                fetch_max_wait_ms=10)
+    await consumer.start()
+    tps = [TopicPartition(changes_topic, p) for p in range(H.PARTITIONS)]
+    consumer.assign(tps)
+    await consumer.seek_to_end(*tps)
+    for tp in tps:
+        await consumer.position(tp)
+    stop = asyncio.Event()
+    n_changes = 0
+
+    async def read() -> None:
+        nonlocal n_changes
+        while not stop.is_set():
+            batches = await consumer.getmany(timeout_ms=50)
+            now = time.time()
+            for rs in batches.values():
+                for r in rs:
+                    n_changes += 1
+                    c = orjson.loads(r.value)
+                    t = sent.get(c.get("cause_event_id") or "")
+                    if c.get("trigger") == "event" and t is not None:
+                        lat.append((now - t) * 1000.0)
+
+    reader = asyncio.create_task(read())
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
+    await producer.start()
+    t0 = time.monotonic()
+    for i, ((topic, key, value), eid) in enumerate(zip(recs, ids)):
+        ahead = i / rate - (time.monotonic() - t0)
+        if ahead > 0:
+            await asyncio.sleep(ahead)
+        sent.setdefault(eid, time.time())
+        await producer.send(topic, key=key, value=value)
+    await producer.flush()
+    offered = len(recs) / (time.monotonic() - t0)
+    await asyncio.sleep(settle)
+    stop.set()
+    await reader
+    await producer.stop()
+    await consumer.stop()
+    return {"offered": offered, "events": len(recs), "changes": n_changes, "matched": len(lat),
+            "p50": pct(lat, 0.50), "p95": pct(lat, 0.95), "p99": pct(lat, 0.99),
+            "max": max(lat) if lat else float("nan")}
+
+
+def one_run(args: argparse.Namespace, run: int, work: Path) -> dict:
+    with H.fresh_broker(work) as broker:
+        out: dict = {}
+        rate = args.rate
+        if rate is None:
+            s = H.settings_for(broker.bootstrap, f"lat-max-{run}", work / f"max-{run}",
+                               prefix="m.")
+            H.create_topics(s)
+            events = H.simulator_events(args.backlog, args.customers, seed=100 + run)
+            H.produce(broker.bootstrap, H.records(events, s.topic_prefix))
+            c = H.Consumer("pipeline", H.env_of(s), args.backlog, work, name=f"max-{run}")
+            res = H.run_consumers([c], args.backlog, timeout=args.backlog / 200 + 180)
+            out["max_rate"] = res["rate"]
+            rate = res["rate"] * args.fraction
+            print(f"  run {run}: max {res['rate']:,.0f} events/s -> offering {rate:,.0f}/s",
+                  flush=True)
+        s = H.settings_for(broker.bootstrap, f"lat-{run}", work / f"lat-{run}", prefix="l.")
+        H.create_topics(s)
+        n = int(rate * args.seconds)
+        events = H.simulator_events(n + 200, args.customers * 4, seed=200 + run)
+        warm, events = events[:200], events[200:]
+        worker = H.Consumer("pipeline", H.env_of(s), n + 200, work, name=f"lat-{run}").start()
+        try:
+            # warm-up: the worker is ready and has built its partition runtimes
+            H.produce(broker.bootstrap, H.records(warm, s.topic_prefix))
+            deadline = time.monotonic() + 120
+            while (worker.result() or {}).get("n", 0) < len(warm):
+                if time.monotonic() > deadline or not worker.alive():
+                    raise RuntimeError(f"worker not ready\n{worker.tail()}")
+                time.sleep(0.2)
+            recs = H.records(events, s.topic_prefix)
+            ids = [e["event_id"] for e in events]
+            res = asyncio.run(offer(broker.bootstrap, recs, ids, rate,
+                                    s.topic("segments.changes"), args.settle))
+        finally:
+            worker.stop()
+        out.update(res)
+        out["rate"] = rate
+        print(f"  run {run}: offered {res['offered']:,.0f}/s for {args.seconds:g}s, "
+              f"{res['matched']:,} changes matched: p50 {res['p50']:.0f} ms, p95 "
+              f"{res['p95']:.0f} ms, p99 {res['p99']:.0f} ms, max {res['max']:.0f} ms",
+              flush=True)
+        return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rate", type=float, default=None, help="offered events/s (default: "
+                   "--fraction of the max measured in the same run)")
+    p.add_argument("--fraction", type=float, default=0.5)
+    p.add_argument("--backlog", type=int, default=20_000)
+    p.add_argument("--seconds", type=float, default=60)
+    p.add_argument("--customers", type=int, default=5_000)
+    p.add_argument("--settle", type=float, default=5.0, help="seconds to wait for late changes")
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--json")
+    args = p.parse_args()
+    work = H.tmpdir("bench-lat-")
+    runs = [one_run(args, r, work) for r in range(args.runs)]
+    print(f"\nmedians of {len(runs)} runs:")
+    for k in ("max_rate", "rate", "offered", "p50", "p95", "p99", "max"):
+        vals = [r[k] for r in runs if k in r]
+        if vals:
+            unit = " ms" if k in ("p50", "p95", "p99", "max") else " events/s"
+            print(f"  {k:9} {H.median(vals):10,.0f}{unit}   runs: "
+                  + ", ".join(f"{v:,.0f}" for v in vals))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), "runs": runs}, indent=1))
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

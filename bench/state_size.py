@@ -1,0 +1,159 @@
+"""State size per customer, and memory / RocksDB size at 100,000 and 1,000,000 customers.
+
+1. A sample of realistic states: the shopper simulator (``--sample`` customers over
+   ``--days``) through the engine with the online models (``models.scoring.ModelHub``), as a
+   worker computes them. Per key: the JSON bytes the table stores (``CustomerState.to_dict``,
+   orjson) - mean, median, p95, max.
+2. For each target size (default 100k and 1M keys): the sample states cloned under new keys
+   (a customer's state size does not depend on how many others exist) into
+   - an engine's in-memory store (``Engine(store=dict)``) plus its due-time index: resident
+     memory added (VmRSS) and bytes per customer;
+   - RocksDB through ``rocksdict`` (the library Faust's RocksDB store uses), one database
+     per partition like the worker (4): directory size after compaction, write time, and
+     the time a worker spends at assignment reading every key back to rebuild its
+     due-time index (``streams.agents.Topology.runtime`` does this today).
+
+    python bench/state_size.py --sample 2000 --days 365 --sizes 100000,1000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from models.config import EngineConfig  # noqa: E402
+from models.contract import parse_event  # noqa: E402
+from models.engine import Engine  # noqa: E402
+from models.partitioning import partition_for  # noqa: E402
+from models.simulator import SimConfig, simulate  # noqa: E402
+from models.state import CustomerState  # noqa: E402
+
+PARTITIONS = 4
+
+
+def rss() -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def dir_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def sample_states(customers: int, days: float, models: bool) -> list[dict]:
+    scorer = None
+    if models:
+        from models.scoring import HubConfig, ModelHub
+
+        scorer = ModelHub(HubConfig())
+    sim = simulate(SimConfig(n_customers=customers, days=days, seed=3, usd_share=0.0))
+    eng = Engine(EngineConfig(), scorer=scorer)
+    for ev in sim.events:
+        eng.process(parse_event(orjson.dumps(ev)))
+    return [s.to_dict() for s in eng.store.values()]
+
+
+def pct(values: list[int], q: float) -> int:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sample", type=int, default=2000)
+    p.add_argument("--days", type=float, default=365)
+    p.add_argument("--sizes", default="100000,1000000")
+    p.add_argument("--no-models", action="store_true")
+    p.add_argument("--no-rocksdb", action="store_true")
+    args = p.parse_args()
+
+    t0 = time.perf_counter()
+    sample = sample_states(args.sample, args.days, not args.no_models)
+    blobs = [orjson.dumps(d) for d in sample]
+    sizes = [len(b) for b in blobs]
+    customers = [d for d in sample if not d["anonymous"]]
+    print(f"sample: {len(sample):,} keys ({len(customers):,} customers) from {args.sample:,} "
+          f"simulated customers over {args.days:g} days, models={'on' if not args.no_models else 'off'}"
+          f" ({time.perf_counter() - t0:.0f}s)")
+    print(f"state JSON bytes per key: mean {statistics.mean(sizes):,.0f}, median "
+          f"{statistics.median(sizes):,.0f}, p95 {pct(sizes, 0.95):,}, max {max(sizes):,}")
+    fields = {}
+    for d in sample:
+        for k, v in d.items():
+            fields[k] = fields.get(k, 0) + len(orjson.dumps(v)) + len(k) + 4
+    top = sorted(fields.items(), key=lambda kv: -kv[1])[:6]
+    print("largest fields (share of bytes): " + ", ".join(
+        f"{k} {v / sum(sizes):.0%}" for k, v in top))
+
+    print(f"\n{'keys':>10} {'RSS added':>11} {'B/key':>7} {'index':>8} "
+          f"{'RocksDB':>10} {'B/key':>7} {'write s':>8} {'restore s':>10} {'restore keys/s':>15}")
+    for target in [int(x) for x in args.sizes.split(",") if x]:
+        gc.collect()
+        before = rss()
+        eng = Engine()
+        store = eng.store
+        n = len(sample)
+        for i in range(target):
+            d = orjson.loads(blobs[i % n])          # fresh objects for every key
+            d["key"] = f"k{i}"
+            store[d["key"]] = CustomerState.from_dict(d)
+        indexed = eng.rebuild_index()
+        gc.collect()
+        added = rss() - before
+        line = (f"{target:10,} {added / 2**20:9,.0f}MB {added / target:7,.0f} {indexed:8,}")
+        del eng, store
+        gc.collect()
+        if not args.no_rocksdb:
+            from rocksdict import Rdict
+
+            root = Path(tempfile.mkdtemp(prefix="bench-rocks-"))
+            try:
+                dbs = [Rdict(str(root / f"p{p}")) for p in range(PARTITIONS)]
+                t1 = time.perf_counter()
+                for i in range(target):
+                    key = f"k{i}"
+                    dbs[partition_for(key, PARTITIONS)][key.encode()] = blobs[i % n]
+                for db in dbs:
+                    db.flush()
+                    db.compact_range(None, None)
+                write_s = time.perf_counter() - t1
+                for db in dbs:
+                    db.close()
+                size = dir_size(root)
+                # what a worker does at assignment: read every key back, decode, index
+                t2 = time.perf_counter()
+                dbs = [Rdict(str(root / f"p{p}")) for p in range(PARTITIONS)]
+                eng = Engine()
+                for db in dbs:
+                    for k, v in db.items():
+                        eng.store[k.decode()] = CustomerState.from_dict(orjson.loads(v))
+                eng.rebuild_index()
+                restore_s = time.perf_counter() - t2
+                for db in dbs:
+                    db.close()
+                del eng
+                line += (f" {size / 2**20:8,.0f}MB {size / target:7,.0f} {write_s:8.1f} "
+                         f"{restore_s:10.1f} {target / restore_s:15,.0f}")
+            finally:
+                shutil.rmtree(root, ignore_errors=True)
+        print(line, flush=True)
+        gc.collect()
+    print(f"\npid {os.getpid()} peak RSS {rss() / 2**20:,.0f}MB")
+
+
+if __name__ == "__main__":
+    main()
