@@ -22,7 +22,7 @@ class CurrencyError(ValueError):
 @dataclass(frozen=True, slots=True)
 class EngineConfig:
     session_timeout: float = 30 * MINUTE        # inactivity that closes a session (event time)
-    allowed_lateness: float = 5 * MINUTE        # watermark = max event time seen - this
+    allowed_lateness: float = 15 * MINUTE       # watermark = max event time seen - this (docs/DOMAIN.md)
     max_future_skew: float = 6 * HOUR           # refuse events this far ahead of their receive time
     lifespan_years: float = 2.0                 # simple CLV = AOV x frequency x lifespan
     frequency_floor_days: float = 90.0          # frequency is measured over at least this tenure

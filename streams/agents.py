@@ -24,9 +24,9 @@ from faust.types import TP
 
 from models.partitioning import partition_for
 from streams import topics as T
-from streams.processor import Message, PartitionProcessor, restore_clock
+from streams.processor import Message, PartitionProcessor
 from streams.settings import APP_VERSION, Settings
-from streams.state import TableStore, partition_keys
+from streams.state import PartitionMeta, TableStore, partition_keys
 
 __all__ = ["Topology", "register"]
 
@@ -47,7 +47,6 @@ class Runtime:
     last_meta: float = field(default_factory=time.monotonic)
     last_snapshot: float = field(default_factory=time.monotonic)
     positions: dict[str, int] = field(default_factory=dict)   # last offset read per topic
-    checkpoints: list = field(default_factory=list)            # [[positions, clock], ...]
 
 
 class Topology:
@@ -75,17 +74,17 @@ class Topology:
                                for seg in self.catalog.segments}
         self.customers = app.Table(T.TABLE_CUSTOMERS, partitions=p, key_type=bytes,
                                    value_type=None)
-        self.meta = app.Table(T.TABLE_PARTITION_META, partitions=p, key_type=bytes,
-                              value_type=None)
+        # the partition's engine meta (clock, counters, store metrics) lives in the customers
+        # table under a reserved key, written last in every flush: one ordered changelog
+        # partition then holds states and clock, so a restore never pairs a clock with states
+        # from another point of the stream
+        self.meta = PartitionMeta(self.customers)
         self.models = app.Table(T.TABLE_MODELS, partitions=p, key_type=bytes, value_type=None)
         self._snapshot_key = settings.snapshot_key() if settings.models else b""
         self.runtimes: dict[int, Runtime] = {}
         self.stats: dict[str, int] = {"messages": 0, "processed": 0, "dead_lettered": 0,
                                       "skipped": 0, "changes": 0, "ticks": 0, "errors": 0}
-        # the clock is saved with every flush of state: restored, it is then never behind
-        # the committed offset, so timers fire after a restart exactly as they did before
-        self.meta_every = 1
-        self.meta_interval = 1.0
+
 
     # -- runtimes --------------------------------------------------------------------
     def runtime(self, partition: int, first: tuple[str, int] | None = None) -> Runtime:
@@ -103,16 +102,14 @@ class Topology:
                                   scorer=hub)
         keys = partition_keys(self.customers, partition, self.settings.partitions)
         meta = self.meta.get(str(partition).encode())
-        restore_clock(engine, meta, first)
+        if meta:
+            engine.import_meta(meta)
         indexed = engine.rebuild_index(keys)
         engine.clear_dirty()
         store._trim()
         processor = PartitionProcessor(partition, engine, APP_VERSION,
                                        self.settings.max_message_bytes)
         rt = self.runtimes[partition] = Runtime(partition, processor, store)
-        if meta:
-            rt.checkpoints = [c for c in meta.get("checkpoints", [])
-                              if first is None or c[0].get(first[0], -1) < first[1]]
         log.info("partition %d: engine ready, %d keys, %d timers, watermark %s", partition,
                  len(keys), indexed, engine.clock.watermark)
         return rt
@@ -285,16 +282,8 @@ class Topology:
         if dirty:
             rt.store.flush(dirty, last=last)
             engine.clear_dirty()
-        rt.since_meta += 1
-        now = time.monotonic()
-        if (force_meta or rt.since_meta >= self.meta_every
-                or now - rt.last_meta >= self.meta_interval):
-            meta = engine.export_meta()
-            rt.checkpoints = (rt.checkpoints + [[dict(rt.positions), meta["clock"]]])[-16:]
-            meta["checkpoints"] = rt.checkpoints
-            self.meta[str(rt.partition).encode()] = meta
-            rt.since_meta = 0
-            rt.last_meta = now
+        # after the states of this flush, in the same changelog partition (see PartitionMeta)
+        self.meta[str(rt.partition).encode()] = engine.export_meta()
         self._snapshot_models(rt)
 
     # -- clock -----------------------------------------------------------------------
@@ -347,4 +336,7 @@ def register(app: faust.App, settings: Settings) -> Topology:
         return web.json(topo.summary())
 
     topo.agent = ingest  # type: ignore[attr-defined]
+    from streams.web import register_views  # operator views and metrics: docs/OPERATORS.md
+
+    register_views(app, topo, settings)
     return topo

@@ -147,32 +147,3 @@ class PartitionProcessor:
         headers = dlq_headers(msg, body["stage"], body["error"], self.app_version,
                               SCHEMA_VERSION)
         return Outcome(dead_letter=DeadLetter(msg.key, msg.value, body, headers))
-
-
-def restore_clock(engine: Engine, meta: dict[str, Any] | None, first: tuple[str, int] | None,
-                  ) -> None:
-    """Restore engine meta after an assignment, with a clock that is NOT ahead of the
-    committed offset.
-
-    The meta record may have been written after events that were never committed (they are
-    replayed now). A clock restored from it would be ahead of those events and fire timers
-    before them, which the uninterrupted run did not do. So the meta keeps checkpoints
-    ``[positions, clock]`` and the newest one taken before ``first`` (the first message
-    read after the assignment, i.e. the committed offset) gives the clock. A clock that is
-    behind is harmless: a customer's own timers fire at their due times before its next
-    event, and replayed events move the clock forward as they did the first time.
-    """
-    if not meta:
-        return
-    engine.import_meta(meta)
-    checkpoints = meta.get("checkpoints") or []
-    chosen = None
-    for positions, clock in checkpoints:
-        if first is None or positions.get(first[0], -1) < first[1]:
-            chosen = clock
-    from models.clock import EventClock
-
-    if chosen is not None:
-        engine.clock = EventClock.from_dict(chosen)
-    elif first is not None:
-        engine.clock = EventClock(engine.config.allowed_lateness)

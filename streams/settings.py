@@ -72,7 +72,7 @@ class Settings:
     # the engine (models.config.EngineConfig): event-time rules and money
     store_currency: str = "GBP"
     currency_rates: str = ""                      # "USD=0.8,EUR=0.86": rates into store currency
-    allowed_lateness: float = 300.0               # seconds the watermark trails the newest event
+    allowed_lateness: float = 900.0               # seconds the watermark trails the newest event
     shopper_session_timeout: float = 1800.0       # inactivity that closes a shopping session
     # online models (models.scoring.ModelHub), one per partition
     models: bool = True

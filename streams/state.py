@@ -18,9 +18,28 @@ from typing import Any
 from models.partitioning import partition_for
 from models.state import CustomerState
 
-__all__ = ["TableStore", "partition_keys"]
+__all__ = ["META_PREFIX", "PartitionMeta", "TableStore", "partition_keys"]
 
 _FAUST_INTERNAL = b"__faust"
+#: reserved key prefix of the partition meta in the customers table (never a customer key:
+#: a NUL byte starts it)
+META_PREFIX = b"\x00retention-meta:"
+
+
+class PartitionMeta:
+    """The engine meta of each partition, kept in the customers table under
+    ``META_PREFIX + partition``. Written from the stream loop after the partition's states, it
+    goes to the same changelog partition, in order: whatever prefix of the changelog survives
+    a crash holds states and a clock of the same point of the stream."""
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+
+    def get(self, partition: bytes) -> Any:
+        return self.table.get(META_PREFIX + partition)
+
+    def __setitem__(self, partition: bytes, meta: dict) -> None:
+        self.table[META_PREFIX + partition] = meta
 
 
 def partition_keys(table: Any, partition: int, partitions: int) -> list[str]:
@@ -37,12 +56,14 @@ def partition_keys(table: Any, partition: int, partitions: int) -> list[str]:
             return []
         out = []
         for k in db.keys():
-            if isinstance(k, (bytes, bytearray)) and k.startswith(_FAUST_INTERNAL):
-                continue  # Faust keeps its persisted offset in the same database
+            if isinstance(k, (bytes, bytearray)) and (k.startswith(_FAUST_INTERNAL)
+                                                      or k.startswith(META_PREFIX)):
+                continue  # Faust's persisted offset, the partition meta
             out.append(k.decode("utf-8") if isinstance(k, (bytes, bytearray)) else str(k))
         return out
     keys = (k.decode("utf-8") if isinstance(k, (bytes, bytearray)) else str(k)
-            for k in list(table.keys()))
+            for k in list(table.keys())
+            if not (isinstance(k, (bytes, bytearray)) and k.startswith(META_PREFIX)))
     return [k for k in keys if partition_for(k, partitions) == partition]
 
 

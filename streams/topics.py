@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = ["CLOCK_TOPIC", "INPUT_TOPICS", "SEGMENT_CHANGES", "TABLE_CUSTOMERS", "TABLE_MODELS",
-           "TABLE_PARTITION_META", "TopicSpec", "catalogue", "changelog_topic", "dlq_topic",
+           "TopicSpec", "catalogue", "changelog_topic", "dlq_topic",
            "segment_names", "segment_topic", "topic_for_event_type"]
 
 CLICKSTREAM = "shop.clickstream"
@@ -29,7 +29,6 @@ SEGMENT_PREFIX = "segments."
 CLOCK_TOPIC = "retention.clock"
 
 TABLE_CUSTOMERS = "customers"
-TABLE_PARTITION_META = "partition-meta"
 TABLE_MODELS = "models"
 
 DAY_MS = 86_400_000
@@ -129,10 +128,9 @@ def catalogue(app_id: str = "retention-scorer", segments: list[str] | None = Non
                            "clock tick JSON {at, source}", "delete",
                            {"retention.ms": str(1 * DAY_MS)}, internal=True))
     specs.append(TopicSpec(changelog_topic(app_id, TABLE_CUSTOMERS), "customer key",
-                           "customer record JSON (state + source positions)", "compact",
+                           "customer record JSON (state + source positions); key NUL+'retention-meta:<p>': "
+                           "the partition's engine meta (clock, counters, store metrics)", "compact",
                            internal=True))
-    specs.append(TopicSpec(changelog_topic(app_id, TABLE_PARTITION_META), "partition number",
-                           "engine meta JSON (watermark, counters)", "compact", internal=True))
     specs.append(TopicSpec(changelog_topic(app_id, TABLE_MODELS), "partition number",
                            "signed model snapshot {blob_b64, versions} (HMAC-SHA256, checked "
                            "before unpickling)", "compact", internal=True))

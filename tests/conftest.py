@@ -273,6 +273,8 @@ def table_from_changelog(bootstrap: str, topic: str) -> dict[str, dict]:
 
     table: dict[str, dict] = {}
     for r in sorted(read_topic(bootstrap, topic), key=lambda r: (r.partition, r.offset)):
+        if r.key.startswith(b"\x00"):
+            continue   # the partition meta under its reserved key, not a customer
         key = r.key.decode()
         if r.value is None:
             table.pop(key, None)
