@@ -104,8 +104,8 @@ def check_topics(settings: Any, timeout: float = 5.0) -> Problem | None:
     from streams import topics as T
 
     consumer = KafkaConsumer(**settings.kafka_python_config(),
-                             request_timeout_ms=int(timeout * 1000) + 1000,
-                             api_version_auto_timeout_ms=int(timeout * 1000))
+                             allow_auto_create_topics=False,  # a check must not create them
+                             request_timeout_ms=int(timeout * 1000) + 1000)
     try:
         missing, wrong = [], []
         for t in (*T.INPUT_TOPICS, T.CLOCK_TOPIC):
