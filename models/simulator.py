@@ -595,6 +595,15 @@ class _Shopper:
         units = 0
         value = 0
 
+        def cart_event(typ: str, prod: _Product, qty: int, price: int) -> None:
+            """product_added / product_removed with the cart's state after it."""
+            emit(typ, {"cart_id": cart_id, "product_id": prod.pid, "quantity": qty,
+                       "price": _money(self._price(price)),
+                       "list_price": _money(self._price(prod.list_c)),
+                       "currency": currency,
+                       "cart_total_after": _money(self._price(value)),
+                       "cart_item_count": units})
+
         for li in range(n_lines):
             prod = pick()
             if r() < 0.7:                # else a quick add from a listing page
@@ -609,12 +618,7 @@ class _Shopper:
             line[1] += qty
             units += qty
             value += qty * price
-            emit("product_added", {"cart_id": cart_id, "product_id": prod.pid, "quantity": qty,
-                                   "price": _money(self._price(price)),
-                                   "list_price": _money(self._price(prod.list_c)),
-                                   "currency": currency,
-                                   "cart_total_after": _money(self._price(value)),
-                                   "cart_item_count": units})
+            cart_event("product_added", prod, qty, price)
             t += gap()
             if li + 1 < n_lines and r() < 0.4:
                 browse_step()
@@ -623,12 +627,7 @@ class _Shopper:
             prod, qty, price = cart.pop(pid)
             units -= qty
             value -= qty * price
-            emit("product_removed", {"cart_id": cart_id, "product_id": pid, "quantity": qty,
-                                     "price": _money(self._price(price)),
-                                     "list_price": _money(self._price(prod.list_c)),
-                                     "currency": currency,
-                                     "cart_total_after": _money(self._price(value)),
-                                     "cart_item_count": units})
+            cart_event("product_removed", prod, qty, price)
             t += gap()
         page("cart", "/cart")
         t += gap()
