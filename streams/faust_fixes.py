@@ -28,11 +28,10 @@ queued), then ``resume_partitions``, ``completed.set()``, ``flow_control.resume(
 ``consumer.resume_flow()`` one after another with no ``await`` in between, so that nothing
 can be queued and then cleared. Everything else is unchanged from 0.15.3.
 
-The fixed order is used only when the fetcher is already running (a rebalance of a running
-worker: the only case with the race). On a worker's first recovery after it starts, the
-fetcher is not running yet and upstream's order runs unchanged: with the fixed order there,
-restarted workers were seen (about 1 run in 3 of the SIGKILL test) never to consume some of
-their partitions.
+The fixed order is used only from a worker's second recovery on (a rebalance of a worker
+that was already processing: the only case with the race). The first recovery after a
+start keeps upstream's order: with the fixed order there, restarted workers were seen
+(about 1 restart in 5) never to consume some of their partitions.
 
 The regression test is ``tests/test_streams_rebalance.py`` (two worker processes, one is
 SIGTERMed mid-stream, every event is counted). Remove this module only when an upstream
@@ -54,15 +53,17 @@ FIXED_VERSION = "0.15.3"
 _applied = False
 
 
-def _fetcher_running(app: Any) -> bool:
-    """True when the fetcher already runs: the only case in which the race exists."""
-    fetcher = getattr(app, "_fetcher", None)
-    return bool(fetcher is not None and fetcher.started)
+def _first_recovery(recovery: Any) -> bool:
+    """True on the worker's first recovery after it started (then mark it done): the race
+    needs a worker that was already processing, so the first one keeps upstream's order."""
+    first = not getattr(recovery, "_retention_recovered_once", False)
+    recovery._retention_recovered_once = True
+    return first
 
 
 async def _resume_streams(self: Any, generation_id: int = 0) -> None:
     """``Recovery._resume_streams`` with the seek before the resume (issue 596)."""
-    if not _fetcher_running(self.app):
+    if _first_recovery(self):
         return await _resume_streams.__wrapped_original__(self, generation_id)  # type: ignore[attr-defined]
     app = self.app
     consumer = app.consumer
@@ -100,7 +101,7 @@ async def _on_recovery_completed(self: Any, generation_id: int = 0) -> None:
     """``Recovery.on_recovery_completed`` with the seek before the resume (issue 596)."""
     import asyncio
 
-    if not _fetcher_running(self.app):
+    if _first_recovery(self):
         return await _on_recovery_completed.__wrapped_original__(self, generation_id)  # type: ignore[attr-defined]
 
     consumer = self.app.consumer
