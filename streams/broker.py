@@ -35,6 +35,17 @@ class BrokerError(RuntimeError):
     """The embedded broker could not be started or did not become ready."""
 
 
+def _die_with_parent() -> None:
+    """In the broker's child process (Linux): get SIGTERM when the process that started it
+    dies, so a test run or demo killed without its clean-up leaves no broker behind."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux/glibc: the context manager still stops it
+        pass
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that is free on ``host`` right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -150,7 +161,8 @@ class EmbeddedBroker:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, env=env,
-                                         start_new_session=True)
+                                         start_new_session=True,
+                                         preexec_fn=_die_with_parent)
         try:
             self._wait_port(t0 + self.ready_timeout)
             wait_for_metadata(self.bootstrap, timeout=max(1.0, t0 + self.ready_timeout

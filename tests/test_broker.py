@@ -103,3 +103,34 @@ def test_cli_runs_until_sigterm(tmp_path: Path) -> None:
 
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_broker_dies_with_the_process_that_started_it(tmp_path):
+    """A test run or demo killed without its clean-up (SIGKILL) leaves no broker behind."""
+    script = tmp_path / "start.py"
+    script.write_text(
+        "import sys, time\n"
+        f"sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})\n"
+        "from streams.broker import EmbeddedBroker\n"
+        "b = EmbeddedBroker(); b.__enter__()\n"
+        "print(b.proc.pid, flush=True)\n"
+        "time.sleep(120)\n")
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE)
+    try:
+        broker_pid = int(parent.stdout.readline())
+        os.kill(broker_pid, 0)                                 # running
+        parent.kill()
+        parent.wait(10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.kill(broker_pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            os.kill(broker_pid, signal.SIGKILL)
+            raise AssertionError("the broker outlived the process that started it")
+    finally:
+        if parent.poll() is None:
+            parent.kill()
