@@ -214,18 +214,11 @@ class Consumer:
         return self.log_path.read_text(errors="replace")[-n:] if self.log_path.exists() else ""
 
     def stop(self) -> None:
-        import signal
+        from streams.broker import stop_process
 
-        p = self.proc
-        if p is None:
+        if self.proc is None:
             return
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(10)
+        stop_process(self.proc, 20)
         self._log.close()
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from types import TracebackType
 
 __all__ = ["BrokerError", "EmbeddedBroker", "create_topics", "find_broker_bin", "free_port",
-           "wait_for_metadata"]
+           "stop_process", "wait_for_metadata"]
 
 
 class BrokerError(RuntimeError):
@@ -44,6 +44,24 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):  # not Linux/glibc: the context manager still stops it
         pass
+
+
+def stop_process(proc: subprocess.Popen | None, grace: float,
+                 kill_wait: float = 10.0) -> int | None:
+    """Stop a child process: SIGTERM, wait up to ``grace`` seconds, then SIGKILL. Returns
+    its exit code (None if there was no process)."""
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        try:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(kill_wait)
+        except ProcessLookupError:  # pragma: no cover - raced with its exit
+            pass
+    return proc.returncode
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -194,18 +212,7 @@ class EmbeddedBroker:
     def stop(self) -> int | None:
         """SIGTERM, wait, then SIGKILL. Returns the exit code (None if never started)."""
         proc, self.proc = self.proc, None
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            try:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(self.stop_timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-            except ProcessLookupError:  # pragma: no cover - raced with exit
-                pass
-        return proc.returncode
+        return stop_process(proc, self.stop_timeout, kill_wait=5)
 
     def log_tail(self, max_bytes: int = 8000) -> str:
         try:

@@ -12,7 +12,6 @@ worker's log is.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -25,7 +24,7 @@ from typing import Any
 import orjson
 
 from streams import topics as T
-from streams.broker import EmbeddedBroker, free_port
+from streams.broker import EmbeddedBroker, free_port, stop_process
 from streams.settings import Settings
 
 __all__ = ["run_demo"]
@@ -91,13 +90,7 @@ def run_demo(rate: float = 500.0, duration: float | None = None, customers: int 
                          bad_every, quiet, say, log_path, KafkaConsumer, TopicPartition,
                          SimConfig, iter_events, kafka_producer, produce_events)
         finally:
-            if worker.poll() is None:
-                worker.send_signal(signal.SIGTERM)
-                try:
-                    worker.wait(20)
-                except subprocess.TimeoutExpired:
-                    worker.kill()
-                    worker.wait(5)
+            stop_process(worker, 20, kill_wait=5)
             say(f"stopped: worker exit code {worker.returncode}, broker stopped; "
                 f"worker log kept at {log_path}")
 

@@ -100,18 +100,13 @@ class Worker:
 
     def stop(self, timeout: float = 20.0) -> int | None:
         """SIGTERM (Faust's clean shutdown: commit, flush), then SIGKILL."""
-        proc = self.proc
-        if proc is None:
+        from streams.broker import stop_process
+
+        if self.proc is None:
             return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        code = stop_process(self.proc, timeout)
         self._log.close()
-        return proc.returncode
+        return code
 
     def tail(self, n: int = 120) -> str:
         lines = self.log().splitlines()
