@@ -138,7 +138,8 @@ class Engine:
 
     # ------------------------------------------------------------------ public API
     def process(self, event: dict[str, Any], position: tuple[str, int] | None = None,
-                received_at: float | None = None, visitor: dict | None = None) -> list[dict]:
+                received_at: float | None = None, visitor: dict | None = None,
+                as_key: str | None = None) -> list[dict]:
         """Apply one validated event; return the changes it (and the watermark it moves) causes.
 
         ``position`` is the event's (source, offset), for exact replay after a crash;
@@ -147,8 +148,13 @@ class Engine:
         one bad clock cannot drag the watermark into the future. ``visitor`` is the state of
         the event's ``anonymous_id`` handed over by the engine that owns it (see
         ``export_visitor``) when that key lives on another partition.
+
+        Identity: an anonymous-only event of a visitor already linked to a customer is that
+        customer's (the same device, logged out): it is applied to the customer's state when
+        that state is in this engine; ``as_key`` names the customer when the caller routed
+        the event here from the visitor's engine (see ``redirect_of``).
         """
-        key = event_key(event)
+        key = event_key(event) if as_key is None else as_key
         t = parse_time(event["occurred_at"])
         if received_at is not None and t > received_at + self.config.max_future_skew:
             raise ProcessingError(
@@ -179,6 +185,19 @@ class Engine:
                 self._remember_position(state, position)
                 self._put(state)
                 return []
+            target = self._linked_customer(state, event)
+            if target is not None:                      # the linked customer's, logged out
+                self._remember_position(state, position)
+                self._put(state)
+                key, state = target.key, target
+                self.counters["identity_redirects"] += 1
+                if not state.remember_id(event["event_id"]):
+                    state.duplicates += 1
+                    self.counters["duplicates"] += 1
+                    self._remember_position(state, position)
+                    self._put(state)
+                    return []
+                return self._apply_event(state, key, event, kind, t, position)
             state = CustomerState(key=key, customer_id=event.get("customer_id"),
                                   anonymous=event.get("customer_id") is None, first_seen_at=t,
                                   positions=dict(state.positions), seen_ids=list(state.seen_ids))
@@ -191,17 +210,25 @@ class Engine:
             self._remember_position(state, position)
             self._put(state)
             return []
+        return self._apply_event(state, key, event, kind, t, position, visitor)
+
+    def _apply_event(self, state: CustomerState, key: str, event: dict[str, Any], kind: str,
+                     t: float, position: tuple[str, int] | None,
+                     visitor: dict | None = None) -> list[dict]:
         outputs: list[dict] = []
         touched = _TOUCHES.get(kind, ALL_GROUPS)
         if state.definition_version != self.catalog.definition_version:
             state.definition_version = self.catalog.definition_version
             state.seg_due = {}
             touched = ALL_GROUPS
+        # the customer's own timers first (a stale session closes), then a visitor linked by
+        # this event is folded in: its open session, if newer, becomes the customer's
+        outputs += self._advance_customer(state, t)
         anon = event.get("anonymous_id")
-        if anon and anon != key and event.get("customer_id") and anon not in state.aliases:
+        if anon and anon != key and event.get("customer_id") and (
+                anon not in state.aliases or visitor is not None or self.state_of(anon) is not None):
             outputs += self._link(state, anon, event, t, visitor)
             touched = ALL_GROUPS
-        outputs += self._advance_customer(state, t)
         now = t if state.local_time is None or t > state.local_time else state.local_time
         if state.last_event_at is not None and t < state.last_event_at:
             state.late_events += 1
@@ -235,6 +262,33 @@ class Engine:
             outputs += self._advance_customer(state, due)
             self._put(state)
         return outputs
+
+    def _linked_customer(self, marker: CustomerState, event: dict[str, Any]) -> CustomerState | None:
+        """The customer state an anonymous-only event of the linked visitor ``marker``
+        belongs to, when it is in this engine."""
+        if event.get("customer_id") or marker.linked_to is None:
+            return None
+        target = self.store.get(marker.linked_to)
+        return None if target is None or target.retired else target
+
+    def redirect_of(self, event: dict[str, Any]) -> str | None:
+        """The customer an anonymous-only ``event`` belongs to when its visitor was linked to
+        a customer whose state lives in another engine (partition); the caller then hands the
+        event to that engine with ``process(event, as_key=...)``. None otherwise."""
+        if event.get("customer_id"):
+            return None
+        state = self.store.get(event_key(event))
+        if state is None or not state.retired or state.linked_to is None \
+                or event["event_id"] in state.seen_ids:
+            return None
+        return None if self._linked_customer(state, event) is not None else state.linked_to
+
+    def resolve(self, key: str) -> str:
+        """The key holding ``key``'s state: its customer for a linked visitor, else itself."""
+        state = self.store.get(key)
+        if state is not None and state.retired and state.linked_to is not None:
+            return state.linked_to
+        return key
 
     def state_of(self, key: str) -> CustomerState | None:
         state = self.store.get(key)
@@ -532,13 +586,14 @@ class Engine:
                 heapq.heappush(self._heap, (due, state.key))
 
     def needs_visitor(self, event: dict[str, Any]) -> str | None:
-        """The anonymous id whose state this event links to its customer, when that state is
-        not in this engine's store (it lives on another partition) and the link is new."""
+        """The anonymous id whose state this event may link to its customer, when that state
+        is not in this engine's store (it lives on another partition): the caller asks that
+        partition's engine to ``export_visitor`` it (None there when there is nothing to hand
+        over: unknown, or already folded in and not come back since)."""
         anon, cid = event.get("anonymous_id"), event.get("customer_id")
         if not anon or not cid or anon == cid or self.state_of(anon) is not None:
             return None
-        state = self.store.get(cid)
-        return None if state is not None and anon in state.aliases else anon
+        return anon
 
     def export_visitor(self, anon: str, event: dict[str, Any]) -> tuple[list[dict], dict | None]:
         """Hand over an anonymous visitor linked by ``event`` (which carries both ids) to the
@@ -549,14 +604,16 @@ class Engine:
             return [], None
         t = parse_time(event["occurred_at"])
         out = self._exit_linked(visitor, event, t, event["customer_id"])
-        self._retire(visitor)
+        self._retire(visitor, event["customer_id"])
         return out, visitor.to_dict()
 
-    def _retire(self, visitor: CustomerState) -> None:
-        """Replace a linked visitor's state by a marker holding only its source positions."""
+    def _retire(self, visitor: CustomerState, customer: str) -> None:
+        """Replace a linked visitor's state by a marker holding only its source positions,
+        the ids of its events and the customer it is linked to."""
         self.store[visitor.key] = CustomerState(key=visitor.key, anonymous=True, retired=True,
                                                 positions=dict(visitor.positions),
-                                                seen_ids=list(visitor.seen_ids))
+                                                seen_ids=list(visitor.seen_ids),
+                                                linked_to=customer)
         self._dirty.add(visitor.key)
 
     def _exit_linked(self, visitor: CustomerState, event: dict[str, Any], t: float, to: str) -> list[dict]:
@@ -578,6 +635,8 @@ class Engine:
     def _link(self, state: CustomerState, anon: str, event: dict[str, Any], t: float,
               handed_over: dict | None = None) -> list[dict]:
         """Fold an anonymous visitor's state into the customer it turned out to be."""
+        if anon in state.aliases:       # linked before; its visitor came back to life here
+            state.aliases.remove(anon)
         state.aliases.append(anon)
         del state.aliases[:-ALIASES_KEPT]
         out: list[dict] = []
@@ -588,7 +647,7 @@ class Engine:
             if visitor is None:
                 return []
             out = self._exit_linked(visitor, event, t, state.key)
-            self._retire(visitor)
+            self._retire(visitor, state.key)
         self._absorb(state, visitor)
         self.counters["identities_linked"] += 1
         return out

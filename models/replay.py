@@ -78,7 +78,11 @@ class Replay:
             anon = engine.needs_visitor(event)
             if anon is not None:   # the visitor lives on another partition: hand it over first
                 out, visitor = self.engine_for(anon).export_visitor(anon, event)
-            out += engine.process(event, visitor=visitor)
+            target = engine.redirect_of(event)
+            if target is not None:  # a linked visitor's event, its customer on another partition
+                out += self.engine_for(target).process(event, as_key=target)
+            else:
+                out += engine.process(event, visitor=visitor)
         except ContractError as exc:
             self.rejected[f"{exc.stage}: {exc.path or '-'}: {_generic(exc.reason)}"] += 1
             return []

@@ -86,9 +86,12 @@ class CustomerState:
     seen_ids: list = field(default_factory=list)
     positions: dict = field(default_factory=dict)        # source -> last applied offset
     duplicates: int = 0
-    # a visitor folded into its customer: only ``positions`` are kept, so that its events
-    # replayed after a crash are still recognised and skipped (see Engine._retire)
+    # a visitor folded into its customer: only ``positions`` and ``seen_ids`` are kept, so
+    # that its events replayed after a crash are still recognised and skipped, and the
+    # customer it was linked to, so that its later anonymous events (the same device, logged
+    # out) are attributed to that customer (see Engine._retire, Engine.redirect_of)
     retired: bool = False
+    linked_to: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in _FIELD_NAMES}

@@ -295,7 +295,8 @@ def test_visitor_on_another_engine_is_handed_over_with_its_cart():
     customers.process(login, visitor=state)
     c = customers.state_of("c9")
     assert c.aliases == ["v9"] and c.session["cart_items"] == 1
-    assert customers.needs_visitor(shop.view("c9", 0, minute=4, anonymous_id="v9")) is None
+    # linked: the visitor's engine has nothing more to hand over
+    assert visitors.export_visitor("v9", shop.view("c9", 0, minute=4, anonymous_id="v9")) == ([], None)
 
 
 def test_linked_visitor_events_replayed_after_a_crash_are_skipped_not_revived():
@@ -310,6 +311,68 @@ def test_linked_visitor_events_replayed_after_a_crash_are_skipped_not_revived():
     assert engine.process(add, position=("shop.clickstream:1", 40)) == []        # the replay
     assert engine.state_of("v1") is None and engine.counters["replayed_skipped"] == 1
     assert [c for c in engine.advance(shop.at(30)) if c["customer_id"] == "v1"] == []
-    # a genuinely new event of that visitor starts afresh
-    engine.process(shop.view("v1", 1, anonymous=True), position=("shop.clickstream:1", 41))
-    assert engine.state_of("v1").page_views == 1
+    # a genuinely new event of that visitor (logged out again) is its customer's
+    views = engine.state_of("c1").page_views
+    later = shop.view("v1", 1, anonymous=True)
+    engine.process(later, position=("shop.clickstream:1", 41))
+    assert engine.state_of("v1") is None
+    assert engine.state_of("c1").page_views == views + 1
+    # and its replay after a crash is skipped by the visitor's position, not applied twice
+    assert engine.process(later, position=("shop.clickstream:1", 41)) == []
+    assert engine.state_of("c1").page_views == views + 1
+
+
+def test_a_linked_visitor_shopping_logged_out_later_is_its_customer():
+    """Identity: once a device's anonymous id is linked to a customer, that device's later
+    logged-out sessions are the customer's: the cart and its abandonment count for the
+    customer (its history feeds the abandonment model), and logging in at checkout leaves no
+    orphan visitor behind that would later time out as an abandoned cart."""
+    shop = Shop()
+    engine = Engine()
+    engine.process(shop.view("v1", 0, anonymous=True))
+    engine.process(shop.view("c1", 0, minute=1, anonymous_id="v1"))         # logs in: linked
+    engine.process(shop.order("c1", 0, minute=3, total=30.0))
+    # ten days later, same device, logged out: a cart that is abandoned
+    engine.process(shop.view("v1", 10, anonymous=True))
+    engine.process(shop.add("v1", 10, minute=1, anonymous=True, price=25.0))
+    assert engine.state_of("v1") is None
+    c1 = engine.state_of("c1")
+    assert c1.session is not None and c1.session["cart_items"] == 1 and c1.carts_started == 1
+    changes = engine.advance(shop.at(10, minute=40))
+    assert engine.state_of("c1").carts_abandoned == 1
+    assert all(c["customer_id"] == "c1" for c in changes)
+    # twenty days later: a logged-out cart, then a login at checkout and an order
+    engine.process(shop.add("v1", 20, anonymous=True, price=40.0))
+    engine.process(shop.view("c1", 20, minute=2, anonymous_id="v1"))
+    engine.process(shop.order("c1", 20, minute=4, total=40.0))
+    engine.advance(shop.at(21))
+    assert engine.state_of("v1") is None                          # no orphan visitor
+    c1 = engine.state_of("c1")
+    assert (c1.orders, c1.carts_started, c1.carts_abandoned) == (2, 2, 1)
+    assert engine.counters["identity_redirects"] == 3
+
+
+def test_a_visitor_that_came_back_to_life_is_linked_again():
+    """A visitor state that reappeared after its link (its customer on another partition, so
+    its events could not be redirected) is folded in again at its next login."""
+    shop = Shop()
+    customers, visitors = Engine(), Engine()
+    visitors.process(shop.add("v9", 0, anonymous=True, price=12.0))
+    login = shop.view("c9", 0, minute=3, anonymous_id="v9")
+    _, state = visitors.export_visitor("v9", login)
+    customers.process(login, visitor=state)
+    later = shop.view("v9", 5, anonymous=True)
+    assert visitors.redirect_of(later) == "c9"      # the caller routes it to the customer
+    customers.process(later, as_key="c9")
+    assert customers.state_of("c9").page_views == 2 and visitors.state_of("v9") is None
+    # without routing (the streaming shell today) the visitor comes back on its partition...
+    visitors.process(shop.add("v9", 6, anonymous=True, price=30.0))
+    assert visitors.state_of("v9") is not None
+    # ...and is folded in again at the next login on the customer's engine
+    relogin = shop.view("c9", 6, minute=2, anonymous_id="v9")
+    assert customers.needs_visitor(relogin) == "v9"
+    _, state = visitors.export_visitor("v9", relogin)
+    assert state is not None and visitors.state_of("v9") is None
+    customers.process(relogin, visitor=state)
+    c9 = customers.state_of("c9")
+    assert c9.aliases == ["v9"] and c9.carts_started == 2 and c9.session["cart_items"] == 1

@@ -192,6 +192,7 @@ def test_linked_visitor_lookup_says_where_its_history_went(group: Group) -> None
     for key in group.linked:
         status, doc = get_json(group.port_b, f"/customers/{key}")
         assert status == 404 and doc["linked"] and "aliases" in doc["detail"], doc
+        assert doc["linked_to"] == group.states[key]["linked_to"] in group.keys, doc
     aliases = {a for k in group.keys for a in get_json(group.port_a, f"/customers/{k}")[1]["aliases"]}
     assert set(group.linked) <= aliases
 

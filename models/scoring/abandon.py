@@ -68,9 +68,10 @@ _CART_TYPES = frozenset({"product_added", "product_removed"})
 class AbandonModel(BlendedClassifier):
     def __init__(self, warmup_labels: int = 200, lr: float = 0.02, l2: float = 1e-4,
                  top_reasons: int = 3, max_points: int = 8,
-                 prior_rates: tuple[float, float] = (0.75, 0.45), prior_strength: float = 20.0) -> None:
+                 prior_rates: tuple[float, float] = (0.75, 0.45), prior_strength: float = 20.0,
+                 lr_decay: float = 0.0, lr_floor: float = 0.0) -> None:
         super().__init__("abandon-logreg", ABANDON_ENCODER, warmup_labels=warmup_labels, lr=lr,
-                         l2=l2, top_reasons=top_reasons)
+                         l2=l2, top_reasons=top_reasons, lr_decay=lr_decay, lr_floor=lr_floor)
         self.max_points = max_points
         # [abandoned, sessions] pseudo-counts per stage: 0 = cart only, 1 = checkout started
         self.stage_counts = [[r * prior_strength, prior_strength] for r in prior_rates]

@@ -23,7 +23,7 @@ from typing import Sequence
 
 from river import linear_model, optim, preprocessing
 
-__all__ = ["OnlineLogit", "logit", "sigmoid"]
+__all__ = ["DecayingRate", "OnlineLogit", "logit", "sigmoid"]
 
 
 def logit(p: float, eps: float = 1e-6) -> float:
@@ -38,15 +38,43 @@ def sigmoid(z: float) -> float:
     return e / (1.0 + e)
 
 
+class DecayingRate(optim.base.Scheduler):
+    """``lr / (t + 1) ** power``, never below ``floor``: large steps while the first labels
+    come in, small ones once the model has seen many (plain SGD with a constant rate keeps
+    jumping around the optimum), and a floor so that it still follows a drifting world.
+
+    >>> r = DecayingRate(0.1, 0.5, 0.001)
+    >>> r.get(0), round(r.get(99), 4), r.get(10**8)
+    (0.1, 0.01, 0.001)
+    """
+
+    def __init__(self, learning_rate: float, power: float = 0.5, floor: float = 0.0) -> None:
+        self.learning_rate = learning_rate
+        self.power = power
+        self.floor = floor
+
+    def get(self, t: int) -> float:
+        return max(self.floor, self.learning_rate / math.pow(t + 1, self.power))
+
+
 class OnlineLogit:
-    """Scaler + logistic regression learned one labelled example at a time."""
+    """Scaler + logistic regression learned one labelled example at a time.
+
+    ``lr_decay`` > 0 makes the learning rate (weights and intercept) decay as
+    ``lr / (t + 1) ** lr_decay`` down to ``lr_floor`` (``DecayingRate``); 0 keeps it constant.
+    """
 
     def __init__(self, feature_names: Sequence[str], lr: float = 0.02, l2: float = 1e-4,
-                 intercept_lr: float = 0.02) -> None:
+                 intercept_lr: float = 0.02, lr_decay: float = 0.0, lr_floor: float = 0.0) -> None:
         self.feature_names = tuple(feature_names)
         self.scaler = preprocessing.StandardScaler()
+        rate: float | optim.base.Scheduler = lr
+        intercept_rate: float | optim.base.Scheduler = intercept_lr
+        if lr_decay > 0:
+            rate = DecayingRate(lr, lr_decay, lr_floor)
+            intercept_rate = DecayingRate(intercept_lr, lr_decay, lr_floor)
         self.model = linear_model.LogisticRegression(
-            optimizer=optim.SGD(lr), l2=l2, intercept_lr=intercept_lr)
+            optimizer=optim.SGD(rate), l2=l2, intercept_lr=intercept_rate)
         self.n_learned = 0
         self._w: dict[str, float] | None = None     # cache of the weights as a plain dict
 

@@ -230,6 +230,7 @@ class WebSurface:
         if state is not None and getattr(state, "retired", False):
             return 404, {"error": "not found", "customer_id": key, "partition": p,
                          "served_by": self.url, "linked": True,
+                         "linked_to": getattr(state, "linked_to", None),
                          "detail": "this visitor was linked to a customer when they logged in "
                                    "or ordered: its history is in the customer's record (look "
                                    "the customer up; its 'aliases' list this id)"}
