@@ -156,8 +156,12 @@ def test_learned_model_takes_over_from_prior_and_explains_linearly():
     x = hub.churn.encoder.encode(churn_values(f, hub.population, 90.0))
     p, contribs = hub.churn.learner.explain(x)
     assert math.log(p / (1 - p)) == pytest.approx(hub.churn.learner.intercept + sum(c for c, _ in contribs))
-    river_p = hub.churn.learner.model.predict_proba_one(hub.churn.learner.scaler.transform_one(x))[True]
-    assert p == pytest.approx(river_p)
+    assert p == pytest.approx(hub.churn.learner.river_proba(x))
+    # the BG/NBD prior enters as a fixed offset: its contribution is its value minus its mean
+    assert hub.churn.learner.offset_feature == "bgnbd_no_order"
+    assert [c for c, f in contribs if f == "bgnbd_no_order"] == [
+        pytest.approx(x["bgnbd_no_order"] - hub.churn.learner.scaler.means["bgnbd_no_order"])]
+    assert "bgnbd_no_order" not in hub.churn.learner.model.weights
 
 
 # -- cart abandonment --------------------------------------------------------------------

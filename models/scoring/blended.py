@@ -21,13 +21,15 @@ __all__ = ["BlendedClassifier"]
 class BlendedClassifier:
     def __init__(self, name: str, encoder: Encoder, warmup_labels: int = 200,
                  lr: float = 0.02, l2: float = 1e-4, top_reasons: int = 3,
-                 metrics_window: int = 1000, lr_decay: float = 0.0, lr_floor: float = 0.0) -> None:
+                 metrics_window: int = 1000, lr_decay: float = 0.0, lr_floor: float = 0.0,
+                 offset_feature: str | None = None) -> None:
         self.name = name
         self.encoder = encoder
         self.warmup_labels = warmup_labels
         self.top_reasons = top_reasons
         self.learner = OnlineLogit(encoder.names, lr=lr, l2=l2, intercept_lr=lr,
-                                   lr_decay=lr_decay, lr_floor=lr_floor)
+                                   lr_decay=lr_decay, lr_floor=lr_floor,
+                                   offset_feature=offset_feature)
         self.metrics = LiveMetrics(window=metrics_window)
         self.stale_labels = 0        # labels whose inputs were recorded under another encoding
 

@@ -90,9 +90,10 @@ class ChurnModel(BlendedClassifier):
     def __init__(self, horizon_days: float = 90.0, checkpoint_days: float = 30.0,
                  max_quiet_days: float = 730.0, warmup_labels: int = 200, lr: float = 0.0005,
                  l2: float = 1e-4, top_reasons: int = 3, lr_decay: float = 0.0,
-                 lr_floor: float = 0.0) -> None:
+                 lr_floor: float = 0.0, prior_offset: bool = False) -> None:
         super().__init__("churn-logreg", CHURN_ENCODER, warmup_labels=warmup_labels, lr=lr, l2=l2,
-                         top_reasons=top_reasons, lr_decay=lr_decay, lr_floor=lr_floor)
+                         top_reasons=top_reasons, lr_decay=lr_decay, lr_floor=lr_floor,
+                         offset_feature="bgnbd_no_order" if prior_offset else None)
         self.horizon_days = horizon_days
         self.horizon = horizon_days * DAY
         self.checkpoint = checkpoint_days * DAY

@@ -23,7 +23,7 @@ from typing import Sequence
 
 from river import linear_model, optim, preprocessing
 
-__all__ = ["DecayingRate", "OnlineLogit", "logit", "sigmoid"]
+__all__ = ["DecayingRate", "OffsetLogisticRegression", "OnlineLogit", "logit", "sigmoid"]
 
 
 def logit(p: float, eps: float = 1e-6) -> float:
@@ -57,30 +57,71 @@ class DecayingRate(optim.base.Scheduler):
         return max(self.floor, self.learning_rate / math.pow(t + 1, self.power))
 
 
+class OffsetLogisticRegression(linear_model.LogisticRegression):
+    """River's logistic regression with a per-example offset added to its log-odds: a prior
+    the model starts from (all weights 0: the prior itself) and learns corrections to."""
+
+    _offset = 0.0
+
+    def _raw_dot_one(self, x: dict) -> float:
+        return self._weights.dot(x) + self.intercept + self._offset
+
+    def learn_with_offset(self, x: dict, y: bool, offset: float) -> None:
+        self._offset = offset
+        try:
+            self.learn_one(x, y)
+        finally:
+            del self._offset
+
+    def proba_with_offset(self, x: dict, offset: float) -> float:
+        self._offset = offset
+        try:
+            return self.predict_proba_one(x)[True]
+        finally:
+            del self._offset
+
+
 class OnlineLogit:
     """Scaler + logistic regression learned one labelled example at a time.
 
     ``lr_decay`` > 0 makes the learning rate (weights and intercept) decay as
     ``lr / (t + 1) ** lr_decay`` down to ``lr_floor`` (``DecayingRate``); 0 keeps it constant.
+
+    ``offset_feature`` names an input already in log-odds (a prior's logit) that enters the
+    model with a fixed weight of 1 instead of a learned one: the untrained model *is* that
+    prior, and learning only moves it where the labels disagree. Its contribution in an
+    explanation is its value minus its running mean.
+
+    >>> m = OnlineLogit(["prior", "a"], lr=0.05, offset_feature="prior")
+    >>> round(m.proba({"prior": 2.0, "a": 1.0}), 3)      # untrained: sigmoid(2)
+    0.881
     """
 
     def __init__(self, feature_names: Sequence[str], lr: float = 0.02, l2: float = 1e-4,
-                 intercept_lr: float = 0.02, lr_decay: float = 0.0, lr_floor: float = 0.0) -> None:
+                 intercept_lr: float = 0.02, lr_decay: float = 0.0, lr_floor: float = 0.0,
+                 offset_feature: str | None = None) -> None:
         self.feature_names = tuple(feature_names)
+        self.offset_feature = offset_feature
         self.scaler = preprocessing.StandardScaler()
         rate: float | optim.base.Scheduler = lr
         intercept_rate: float | optim.base.Scheduler = intercept_lr
         if lr_decay > 0:
             rate = DecayingRate(lr, lr_decay, lr_floor)
             intercept_rate = DecayingRate(intercept_lr, lr_decay, lr_floor)
-        self.model = linear_model.LogisticRegression(
-            optimizer=optim.SGD(rate), l2=l2, intercept_lr=intercept_rate)
+        cls = OffsetLogisticRegression if offset_feature else linear_model.LogisticRegression
+        self.model = cls(optimizer=optim.SGD(rate), l2=l2, intercept_lr=intercept_rate)
         self.n_learned = 0
         self._w: dict[str, float] | None = None     # cache of the weights as a plain dict
 
     def learn(self, x: dict[str, float], y: bool) -> None:
         self.scaler.learn_one(x)
-        self.model.learn_one(self.scaler.transform_one(x), bool(y))
+        z = self.scaler.transform_one(x)
+        off = getattr(self, "offset_feature", None)      # absent in snapshots before it
+        if off:
+            del z[off]
+            self.model.learn_with_offset(z, bool(y), x[off])
+        else:
+            self.model.learn_one(z, bool(y))
         self.n_learned += 1
         self._w = None
 
@@ -96,7 +137,12 @@ class OnlineLogit:
         means, vars_ = self.scaler.means, self.scaler.vars
         logit_ = self.model.intercept
         contribs = []
+        off = getattr(self, "offset_feature", None)
         for f in self.feature_names:
+            if f == off:
+                logit_ += x[f]
+                contribs.append((x[f] - means.get(f, 0.0), f))
+                continue
             v = vars_.get(f, 0.0)
             z = (x[f] - means.get(f, 0.0)) / v ** 0.5 if v else 0.0
             c = w.get(f, 0.0) * z
@@ -117,4 +163,16 @@ class OnlineLogit:
 
     @property
     def intercept(self) -> float:
-        return self.model.intercept
+        """The log-odds of an average input (all contributions 0): the model's intercept, plus
+        the running mean of the offset feature when there is one."""
+        off = getattr(self, "offset_feature", None)
+        return self.model.intercept + (self.scaler.means.get(off, 0.0) if off else 0.0)
+
+    def river_proba(self, x: dict[str, float]) -> float:
+        """The same probability computed by River itself (a cross-check of ``explain``)."""
+        z = self.scaler.transform_one(x)
+        off = getattr(self, "offset_feature", None)
+        if off:
+            del z[off]
+            return self.model.proba_with_offset(z, x[off])
+        return self.model.predict_proba_one(z)[True]
