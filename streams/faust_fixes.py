@@ -20,22 +20,51 @@ the seek rewinds aiokafka to the committed offset, but the old ``getmany`` gener
 yields its pre-seek records and moves Faust's read offset to the end of that fetch, so the
 re-fetched copies are dropped as "already read" (``DROPPED MESSAGE ROFF`` in the debug log).
 Measured on the embedded broker: the number of lost events equalled the queue length at the
-clear (27 to 251 per rebalance). A single worker never loses (its fetcher starts only after
-this code ran); two workers in one group do, on Apache Kafka too.
+clear (27 to 251 per rebalance). Two workers in one group lose, on Apache Kafka too; so does a
+single worker restarted with tables to restore (below). Only a worker with nothing to restore
+is safe at its first recovery (its fetcher starts only after this code ran).
 
 The fix: seek *first* (while the partitions are still paused, so nothing for them can be
 queued), then ``resume_partitions``, ``completed.set()``, ``flow_control.resume()`` and
 ``consumer.resume_flow()`` one after another with no ``await`` in between, so that nothing
 can be queued and then cleared. Everything else is unchanged from 0.15.3.
 
-The fixed order is used only from a worker's second recovery on (a rebalance of a worker
-that was already processing: the only case with the race). The first recovery after a
-start keeps upstream's order: with the fixed order there, restarted workers were seen
-(about 1 restart in 5) never to consume some of their partitions.
+The fixed order is used at EVERY recovery, the first one after a start included. A worker
+restarted after a crash has tables to restore, so its fetcher is already running when its
+first ``on_recovery_completed`` runs (``Recovery._restart_recovery`` starts it to read the
+changelogs): the same race. The fix used to be applied only from a worker's second recovery
+on, and the SIGKILL fault test (``tests/test_faults.py``) lost events: with a restarted
+worker's first fetch arriving during the seek, the resume cleared what was queued, e.g. one
+record (``clickstream[2]@179``; the agent went from offset 178 to 180, and one visitor's state
+missed that page view), or 59 records over four partitions (one partition's commit then stuck
+at the start of its gap: the "restarted worker never consumes some partitions" symptom). A
+record lost like this is not repaired by a later replay either: its customer's state already
+holds a later offset, so the engine skips it as applied.
 
-The regression test is ``tests/test_streams_rebalance.py`` (two worker processes, one is
-SIGTERMed mid-stream, every event is counted). Remove this module only when an upstream
-release fixes the race *and* that test passes without it.
+Stream records fetched while no partition is active (found with the fault test)
+=================================================================================
+
+Faust hands aiokafka its *live* set of active partitions for every fetch
+(``AIOKafkaConsumerThread._fetch_records`` -> ``Fetcher.fetched_records(partitions)``), and
+the fetch waits up to a second in the consumer thread. When a recovery ends, the changelog
+partitions are paused before the stream partitions are resumed, so the set the pending fetch
+holds becomes *empty*; aiokafka reads an empty set as "every partition"
+(``if partitions and tp not in partitions``), returns the prefetched stream records too and
+moves its positions past them, and Faust's ``getmany`` drops them (their partitions are not
+active). Nothing reads them again unless a seek to the committed offset follows: with the
+fixed order the seek comes *before* the resume, and a partition with no committed offset is
+never seeked at all. Seen in the SIGKILL fault test as a restarted worker that never
+consumed some partitions (aiokafka's position at the end of the partition, Faust's read
+offset ``None``), the reason the fixed order had been kept off the first recovery.
+
+The fix: each fetch gets a snapshot of the active partitions, and no fetch is made when the
+snapshot is empty (the drain loop asks again; it sleeps when nothing is active).
+
+The regression tests are ``tests/test_faust_fixes.py`` (both fixes against 0.15.3's own
+methods, no broker), ``tests/test_streams_rebalance.py`` (two worker processes, one is
+SIGTERMed mid-stream, every event is counted) and ``tests/test_faults.py`` (SIGKILLs and
+restarts, compared with an offline replay). Remove this module only when an upstream release
+fixes both *and* those tests pass without it.
 """
 
 from __future__ import annotations
@@ -53,18 +82,8 @@ FIXED_VERSION = "0.15.3"
 _applied = False
 
 
-def _first_recovery(recovery: Any) -> bool:
-    """True on the worker's first recovery after it started (then mark it done): the race
-    needs a worker that was already processing, so the first one keeps upstream's order."""
-    first = not getattr(recovery, "_retention_recovered_once", False)
-    recovery._retention_recovered_once = True
-    return first
-
-
 async def _resume_streams(self: Any, generation_id: int = 0) -> None:
     """``Recovery._resume_streams`` with the seek before the resume (issue 596)."""
-    if _first_recovery(self):
-        return await _resume_streams.__wrapped_original__(self, generation_id)  # type: ignore[attr-defined]
     app = self.app
     consumer = app.consumer
     await app.on_rebalance_complete.send()
@@ -100,9 +119,6 @@ async def _resume_streams(self: Any, generation_id: int = 0) -> None:
 async def _on_recovery_completed(self: Any, generation_id: int = 0) -> None:
     """``Recovery.on_recovery_completed`` with the seek before the resume (issue 596)."""
     import asyncio
-
-    if _first_recovery(self):
-        return await _on_recovery_completed.__wrapped_original__(self, generation_id)  # type: ignore[attr-defined]
 
     consumer = self.app.consumer
     self.log.info("Restore complete!")
@@ -148,9 +164,29 @@ async def _on_recovery_completed(self: Any, generation_id: int = 0) -> None:
     self.log.info("Worker ready")
 
 
+async def _fetch_records(self: Any, consumer: Any, active_partitions: Any,
+                         timeout: float | None = None, max_records: int | None = None) -> Any:
+    """``AIOKafkaConsumerThread._fetch_records`` on a snapshot of the active partitions, and
+    no fetch at all when none is active (aiokafka would return every partition's records)."""
+    if not self.consumer.flow_active:
+        return {}
+    partitions = None if active_partitions is None else frozenset(active_partitions)
+    if partitions is not None and not partitions:
+        return {}
+    from aiokafka.errors import ConsumerStoppedError
+
+    fetcher = consumer._fetcher
+    if consumer._closed or fetcher._closed:
+        raise ConsumerStoppedError()
+    with fetcher._subscriptions.fetch_context():
+        return await fetcher.fetched_records(partitions, timeout=timeout,
+                                             max_records=max_records)
+
+
 def apply_faust_fixes(strict: bool = True) -> None:
-    """Patch faust's ``Recovery`` (idempotent). Refuses other faust versions when ``strict``:
-    the patched methods are copies of 0.15.3's and must be re-checked on an upgrade."""
+    """Patch faust's ``Recovery`` and ``AIOKafkaConsumerThread`` (idempotent). Refuses other
+    faust versions when ``strict``: the patched methods are copies of 0.15.3's and must be
+    re-checked on an upgrade."""
     global _applied
     if _applied:
         return
@@ -163,11 +199,14 @@ def apply_faust_fixes(strict: bool = True) -> None:
         if strict:
             raise RuntimeError(msg)
         log.warning(msg)
-    for name, fn in (("on_recovery_completed", _on_recovery_completed),
-                     ("_resume_streams", _resume_streams)):
-        original = getattr(Recovery, name)
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    for cls, name, fn in ((Recovery, "on_recovery_completed", _on_recovery_completed),
+                          (Recovery, "_resume_streams", _resume_streams),
+                          (AIOKafkaConsumerThread, "_fetch_records", _fetch_records)):
+        original = getattr(cls, name)
         fn.__wrapped_original__ = original  # type: ignore[attr-defined]
-        setattr(Recovery, name, fn)
+        setattr(cls, name, fn)
     _applied = True
 
 
