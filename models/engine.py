@@ -166,7 +166,7 @@ class Engine:
             source, offset = position
             if state.positions.get(source, -1) >= offset:
                 self.counters["replayed_skipped"] += 1
-                return []
+                return self.complete_link(event, position)
         if "currency" in event:
             try:
                 self.config.to_store_currency(0.0, event["currency"])
@@ -282,6 +282,29 @@ class Engine:
                 or event["event_id"] in state.seen_ids:
             return None
         return None if self._linked_customer(state, event) is not None else state.linked_to
+
+    def complete_link(self, event: dict[str, Any], position: tuple[str, int]) -> list[dict]:
+        """Finish a link that a crash cut in two. ``event`` (both ids) is replayed and its
+        customer's state already holds it (skipped by position), but the visitor it linked is
+        still live in this engine: the customer's state reached the table, the visitor's
+        marker did not (the streaming shell writes markers last for this reason). Retire the
+        visitor now, with the exit changes of the first run (same ids).
+
+        A visitor that has applied an event of the same source after the link is not touched.
+        """
+        anon, cid = event.get("anonymous_id"), event.get("customer_id")
+        if not anon or not cid or anon == cid:
+            return []
+        visitor, customer = self.state_of(anon), self.state_of(cid)
+        if visitor is None or customer is None or anon not in customer.aliases:
+            return []
+        source, offset = position
+        if visitor.positions.get(source, -1) >= offset:
+            return []
+        out = self._exit_linked(visitor, event, parse_time(event["occurred_at"]), cid)
+        self._retire(visitor, cid)
+        self.counters["links_completed"] += 1
+        return out
 
     def resolve(self, key: str) -> str:
         """The key holding ``key``'s state: its customer for a linked visitor, else itself."""

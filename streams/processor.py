@@ -106,7 +106,8 @@ class PartitionProcessor:
                 # first run did, so timers fire as they did then.
                 self.skipped += 1
                 engine.counters["replayed_skipped"] += 1
-                outputs = self.observe(parse_time(event["occurred_at"]))
+                outputs = engine.complete_link(event, (msg.topic, msg.offset))
+                outputs += self.observe(parse_time(event["occurred_at"]))
                 return Outcome(outputs=self._checked(outputs), skipped=True)
             outputs = engine.process(event, position=(msg.topic, msg.offset),
                                      received_at=msg.timestamp)

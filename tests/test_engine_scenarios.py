@@ -376,3 +376,34 @@ def test_a_visitor_that_came_back_to_life_is_linked_again():
     customers.process(relogin, visitor=state)
     c9 = customers.state_of("c9")
     assert c9.aliases == ["v9"] and c9.carts_started == 2 and c9.session["cart_items"] == 1
+
+
+def test_a_link_cut_in_two_by_a_crash_is_completed_on_replay():
+    """The customer's state reached the table with the link, the visitor's marker did not
+    (a crash between the two writes). Replaying the link event is skipped for the customer
+    (its position) and must still retire the visitor, with the same exit changes, so the
+    visitor's open cart does not later time out as a second, false abandonment."""
+    import copy
+
+    shop = Shop()
+    live = Engine()
+    live.process(shop.add("v1", 0, anonymous=True, price=15.0), position=("shop.clickstream", 1))
+    live.advance(shop.at(0, minute=90))                      # abandoned: a cart abandoner
+    live.process(shop.add("v1", 1, anonymous=True, price=15.0), position=("shop.clickstream", 2))
+    visitor_before = copy.deepcopy(live.store["v1"])
+    login = shop.view("c1", 1, minute=2, anonymous_id="v1")
+    first = live.process(login, position=("shop.clickstream", 3))
+    # the table after the crash: the customer as written, the visitor as it was before
+    restarted = Engine()
+    restarted.store["c1"] = copy.deepcopy(live.store["c1"])
+    restarted.store["v1"] = visitor_before
+    again = restarted.process(login, position=("shop.clickstream", 3))
+    assert restarted.state_of("v1") is None and restarted.store["v1"].linked_to == "c1"
+    exits = [c for c in first if c["customer_id"] == "v1"]
+    assert [(c["segment"], c["change"]) for c in exits] == [("cart_abandoner", "exited")]
+    assert again == exits
+    assert restarted.counters["links_completed"] == 1
+    # nothing for the visitor when its session would have timed out
+    assert [c for c in restarted.advance(shop.at(2)) if c["customer_id"] == "v1"] == []
+    # an uninterrupted replay of the same event is a plain skip
+    assert live.process(login, position=("shop.clickstream", 3)) == []
