@@ -106,6 +106,14 @@ class TableStore(MutableMapping[str, CustomerState]):
 
     # -- mapping ---------------------------------------------------------------------
     def __getitem__(self, key: str) -> CustomerState:
+        state = self.get(key)
+        if state is None:
+            raise KeyError(key)
+        return state
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        """``Mapping.get`` without an exception for a missing key (the engine asks for new
+        customers all the time)."""
         undo = self._undo
         if undo is not None and key not in undo:
             self._record(key)
@@ -113,16 +121,19 @@ class TableStore(MutableMapping[str, CustomerState]):
         if state is not None:
             return state
         if key in self._deleted or (self.owns is not None and not self.owns(key)):
-            raise KeyError(key)
+            return default
         raw = self.table.get(key.encode("utf-8"))
         self.reads += 1
         if raw is None:
-            raise KeyError(key)
+            return default
         if not self._fresh_reads:
             raw = orjson.loads(orjson.dumps(raw))   # never share lists with the table
         state = CustomerState.from_dict(raw)
         self._cache[key] = state
         return state
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self.get(key) is not None
 
     def __setitem__(self, key: str, value: CustomerState) -> None:
         undo = self._undo
