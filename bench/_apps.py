@@ -4,8 +4,9 @@
 ``decode``    a Faust agent over the same topics that only ``orjson.loads`` each value
               (Faust's own per-event ceiling; same Faust settings as the worker)
 ``pipeline``  the real worker: ``streams.app.create_app`` with the production topology
-              (contract, engine, segment changes, RocksDB table) and, when
-              ``BENCH_SCORING=1``, the online models (``streams.web.worker.register``)
+              (batched ingest, contract, engine, segment changes, RocksDB table) and, when
+              ``BENCH_SCORING=1``, the online models (``streams.web.worker.register``);
+              ``batched`` is an alias (the batched prototype became the production agent)
 ``quix``      Quix Streams 3.28: decode + contract + a per-key state update (RocksDB and
               changelog), the same kind of per-key work in another framework
 
@@ -139,6 +140,8 @@ def build_decode() -> Any:
 
 
 def build_pipeline() -> Any:
+    """The production worker (``streams.agents``: batched ingest), counting the input
+    events of every batch it finishes."""
     from streams.app import create_app
 
     s = _settings()
@@ -153,24 +156,13 @@ def build_pipeline() -> Any:
     app = create_app(s, register=register)
     topo = app.retention_topology
     clock = topo.clock_name
-    inner = topo.on_message
+    inner = topo.on_batch
 
-    async def counted(msg: Any) -> None:
-        await inner(msg)
-        if msg.topic != clock:
-            COUNT.tick()
+    async def counted(events: list[Any]) -> None:
+        await inner(events)
+        COUNT.tick(sum(1 for ev in events if ev.message.topic != clock))
 
-    topo.on_message = counted  # type: ignore[method-assign]
-    if hasattr(topo, "on_batch"):   # a batching topology: count per message in the batch
-        inner_batch = topo.on_batch
-
-        async def counted_batch(msgs: list[Any]) -> Any:
-            out = await inner_batch(msgs)
-            COUNT.tick(sum(1 for m in msgs if m.topic != clock))
-            return out
-
-        topo.on_batch = counted_batch  # type: ignore[method-assign]
-
+    topo.on_batch = counted  # type: ignore[method-assign]
     watch(topo)
     return app
 
@@ -192,86 +184,6 @@ def watch(topo: Any) -> None:
                 pass
 
     threading.Thread(target=stats, daemon=True).start()
-
-
-def build_pipeline_batched() -> Any:
-    """Prototype of the batched state path (issue 6, section 5), for measurement only.
-
-    The production topology's topics, tables, runtimes and processors, with a different
-    agent: ``stream.take_events(BENCH_BATCH, within=BENCH_WITHIN)``; per event, the
-    processor runs and its changes are handed to the producer without waiting; at the end
-    of the batch all sends are awaited, then each partition's dirty keys are written once
-    (with that partition's last event as Faust's current event, so RocksDB and the
-    changelog get the right partition) and its meta once. ``take_events`` acks the batch
-    only after that, and Faust flushes its producer before committing, so a commit never
-    covers unflushed state. Dead letters inside a batch are not handled exactly here
-    (prototype)."""
-    import weakref
-
-    import faust
-    from faust.streams import _current_event
-
-    from streams.agents import Topology
-    from streams.app import create_app
-    from streams.processor import Message
-
-    s = _settings()
-    batch = int(os.environ.get("BENCH_BATCH", "1000"))
-    within = float(os.environ.get("BENCH_WITHIN", "0.05"))
-
-    def register(app: faust.App, settings: Any) -> Any:
-        topo = Topology(app, settings)
-        clock_name = topo.clock_name
-
-        @app.agent(topo.source, name="ingest", concurrency=1)
-        async def ingest(stream: faust.StreamT) -> None:
-            async for events in stream.take_events(batch, within=within):
-                last: dict[int, Any] = {}
-                futures: list[Any] = []
-                n = 0
-                for ev in events:
-                    msg = ev.message
-                    if msg.topic == clock_name:
-                        continue
-                    _current_event.set(weakref.ref(ev))
-                    rt = topo.runtime(msg.partition)
-                    outcome = rt.processor.handle(Message(msg.topic, msg.partition, msg.offset,
-                                                          msg.key, msg.value, ()))
-                    last[msg.partition] = (rt, ev)
-                    n += 1
-                    if outcome.dead_letter is not None:
-                        dl = outcome.dead_letter
-                        futures.append(await topo.dlq[msg.topic].send(
-                            key=dl.key, value=orjson.dumps(dl.body), partition=msg.partition,
-                            headers=dl.headers))
-                        continue
-                    for change in outcome.outputs:
-                        key = change["customer_id"].encode("utf-8")
-                        body = orjson.dumps(change)
-                        futures.append(await topo.changes.send(key=key, value=body))
-                        seg = change.get("segment")
-                        names = [seg] if seg else change.get("previous_segments", [])
-                        for name in names:
-                            t = topo.segment_topics.get(name)
-                            if t is not None:
-                                futures.append(await t.send(key=key, value=body))
-                if futures:
-                    await asyncio.gather(*futures)
-                for p, (rt, ev) in last.items():
-                    _current_event.set(weakref.ref(ev))
-                    engine = rt.processor.engine
-                    dirty = engine.dirty_keys()
-                    if dirty:
-                        rt.store.flush(dirty)
-                        engine.clear_dirty()
-                    topo.meta[str(p).encode()] = engine.export_meta()
-                COUNT.tick(n)
-
-        topo.agent = ingest  # type: ignore[attr-defined]
-        watch(topo)
-        return topo
-
-    return create_app(s, register=register)
 
 
 # --------------------------------------------------------------------------- Quix Streams
@@ -324,10 +236,8 @@ def run_quix() -> None:
 app: Any = None
 if KIND == "decode":
     app = build_decode()
-elif KIND == "pipeline":
+elif KIND in ("pipeline", "batched"):   # "batched": the former prototype, now production
     app = build_pipeline()
-elif KIND == "batched":
-    app = build_pipeline_batched()
 
 if __name__ == "__main__":
     if KIND == "raw":

@@ -8,7 +8,8 @@ beginning under its own consumer group, in its own process:
   raw        aiokafka getmany + orjson.loads (the limit of this machine)
   decode     a Faust agent that only decodes (Faust's own ceiling, same Faust settings)
   pipeline   the real worker: contract, engine with the online models (full scoring),
-             segment changes delivered, RocksDB table with changelog
+             segment changes delivered, RocksDB table with changelog (the production
+             batched agent: state written once per key per batch)
   pipeline2  the same with two workers in one group (``--workers 2``)
   quix       Quix Streams 3.28: decode + contract + per-key state update, RocksDB + changelog
 
@@ -34,7 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import _harness as H  # noqa: E402
 
-ALL_KINDS = ("raw", "decode", "pipeline", "pipeline2", "batched", "batched2", "quix")
+ALL_KINDS = ("raw", "decode", "pipeline", "pipeline2", "quix")
+#: the batched prototype is now the production agent: old names still accepted
+ALIASES = {"batched": "pipeline", "batched2": "pipeline2"}
 
 
 def one_run(args: argparse.Namespace, run: int, kinds: list[str], work: Path) -> dict[str, dict]:
@@ -54,9 +57,6 @@ def one_run(args: argparse.Namespace, run: int, kinds: list[str], work: Path) ->
         for kind in order:
             n_workers = 2 if kind == "pipeline2" else 1
             app_kind = "pipeline" if kind.startswith("pipeline") else kind
-            if kind.startswith("batched"):
-                app_kind = "batched"
-                n_workers = 2 if kind == "batched2" else 1
             app_id = f"bench-{kind}-{run}"
             consumers = []
             for w in range(n_workers):
@@ -67,8 +67,7 @@ def one_run(args: argparse.Namespace, run: int, kinds: list[str], work: Path) ->
                 env = H.env_of(s, BENCH_SCORING="0" if args.no_scoring else "1")
                 consumers.append(H.Consumer(app_kind, env, args.events, work,
                                             name=f"{kind}-{run}-{w}",
-                                            faust=app_kind in ("decode", "pipeline",
-                                                               "batched")))
+                                            faust=app_kind in ("decode", "pipeline")))
             t0 = time.monotonic()
             try:
                 res = H.run_consumers(consumers, args.events, timeout=args.events / 300 + 180)
@@ -78,7 +77,7 @@ def one_run(args: argparse.Namespace, run: int, kinds: list[str], work: Path) ->
             res["wall"] = time.monotonic() - t0
             out[kind] = res
             extra = ""
-            if kind.startswith(("pipeline", "batched")):
+            if kind.startswith("pipeline"):
                 stats = [p.get("stats", {}) for p in res["parts"]]
                 writes = sum(p.get("table_writes", 0) for p in res["parts"])
                 extra = (f"  changes={sum(s.get('changes_engine', 0) for s in stats):,} "
@@ -92,8 +91,7 @@ def one_run(args: argparse.Namespace, run: int, kinds: list[str], work: Path) ->
     return out
 
 
-RATIOS = [("batched", "decode"), ("batched", "pipeline"), ("batched", "quix"),
-          ("pipeline", "decode"), ("pipeline", "raw"), ("decode", "raw"), ("quix", "decode"),
+RATIOS = [("pipeline", "decode"), ("pipeline", "raw"), ("decode", "raw"), ("quix", "decode"),
           ("pipeline", "quix"), ("pipeline2", "pipeline"), ("pipeline2", "decode")]
 
 
@@ -110,7 +108,7 @@ def main() -> None:
     p.add_argument("--no-scoring", action="store_true", help="engine without the online models")
     p.add_argument("--json", help="write all figures here")
     args = p.parse_args()
-    kinds = [k for k in args.kinds.split(",") if k]
+    kinds = list(dict.fromkeys(ALIASES.get(k, k) for k in args.kinds.split(",") if k))
     if args.workers >= 2 and "pipeline2" not in kinds:
         kinds.append("pipeline2")
     if "quix" in kinds:

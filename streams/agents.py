@@ -1,11 +1,24 @@
 """Topics, tables and the ingest agent of the retention topology.
 
 One agent reads the three input topics and the clock topic (co-partitioned, so partition
-*p* of all four belongs to the same customers and the same engine), with concurrency 1.
-Per message it: hands the raw bytes to the partition's :class:`~streams.processor.
-PartitionProcessor`; sends a dead letter, or sends the segment changes and waits for their
-delivery; then writes the changed customers to the table. Only after that does Faust ack
-the message, and Faust flushes its producer before it commits offsets, so a committed
+*p* of all four belongs to the same customers and the same engine), with concurrency 1, in
+batches: ``stream.take_events(RETENTION_BATCH_MAX, within=RETENTION_BATCH_WITHIN)``.
+
+Per event of a batch, in stream order: the partition's :class:`~streams.processor.
+PartitionProcessor` turns the raw bytes into segment changes or a dead letter (a clock tick
+moves the partition's event time), and what comes out is handed to the producer without
+waiting. State changes stay in the partition's write-back cache (:class:`~streams.state.
+TableStore`); a dead-lettered event's changes are rolled back there, key by key, without
+touching those of the other events of the batch.
+
+At the end of the batch: every send is awaited; then, per partition, each changed customer
+is written to the table once and the partition meta after them, with that partition's last
+event of the batch as Faust's current event (Faust's RocksDB store and the changelog take
+the partition from it). Only then does ``take_events`` ack the batch. Faust flushes its
+producer before it commits offsets (``faust/transport/consumer.py``, ``Consumer.
+_commit_offsets``: ``await self.app.producer.flush()`` before ``self._commit(...)``, reached
+from ``commit`` -> ``force_commit`` -> ``_commit_tps``; the table writes are queued on the
+same producer by ``Table.send_changelog`` -> ``changelog_topic.send_soon``), so a committed
 offset always has its state and outputs on the broker (at-least-once; replays are skipped
 exactly by the per-customer source positions in the state).
 """
@@ -13,13 +26,17 @@ exactly by the per-customer source positions in the state).
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import time
+import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import faust
 import orjson
+from faust.streams import _current_event
 from faust.types import TP
 
 from models.partitioning import partition_for
@@ -47,6 +64,15 @@ class Runtime:
     last_meta: float = field(default_factory=time.monotonic)
     last_snapshot: float = field(default_factory=time.monotonic)
     positions: dict[str, int] = field(default_factory=dict)   # last offset read per topic
+
+
+@dataclass
+class _Touched:
+    """A partition seen in the current batch."""
+
+    rt: Runtime
+    event: Any                                   # its last Faust event in the batch
+    keys: dict[str, None] = field(default_factory=dict)   # event keys, by last event
 
 
 class Topology:
@@ -83,7 +109,8 @@ class Topology:
         self._snapshot_key = settings.snapshot_key() if settings.models else b""
         self.runtimes: dict[int, Runtime] = {}
         self.stats: dict[str, int] = {"messages": 0, "processed": 0, "dead_lettered": 0,
-                                      "skipped": 0, "changes": 0, "ticks": 0, "errors": 0}
+                                      "skipped": 0, "changes": 0, "ticks": 0, "errors": 0,
+                                      "batches": 0}
 
 
     # -- runtimes --------------------------------------------------------------------
@@ -175,23 +202,88 @@ class Topology:
                 return False
         return True
 
-    # -- per message -----------------------------------------------------------------
-    async def on_message(self, msg: Any) -> None:
-        """Everything for one consumed message. Never raises (except cancellation)."""
-        self.stats["messages"] += 1
-        try:
-            rt = self.runtime(msg.partition, (msg.topic, msg.offset))
-            rt.positions[msg.topic] = msg.offset
-            if msg.topic == self.clock_name:
-                await self._on_tick(rt, msg)
-            else:
-                await self._on_event(rt, msg)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - never let an exception kill the agent
+    # -- per batch -------------------------------------------------------------------
+    async def on_batch(self, events: Sequence[Any]) -> None:
+        """Everything for one batch of consumed events (Faust ``EventT``s, in stream order).
+        Never raises (except cancellation): Faust acks the batch whatever happens.
+
+        Per event, in order: the processor runs (or the clock tick), and its segment changes
+        or dead letter are handed to the producer without waiting. Then all sends are
+        awaited, and each partition's changed customers are written to the table once, its
+        meta after them (see :meth:`_flush`)."""
+        sends: list[tuple[Any, Any]] = []          # (delivery future, input message)
+        touched: dict[int, _Touched] = {}
+        stats = self.stats
+        set_event = _current_event.set
+        clock_name = self.clock_name
+        # the index of each partition's last input event: a clock tick before it in this
+        # batch has a backlog behind it and is ignored (as :meth:`caught_up` does for the
+        # backlog not yet taken from Faust)
+        last_input: dict[int, int] = {}
+        for i, ev in enumerate(events):
+            if ev.message.topic != clock_name:
+                last_input[ev.message.partition] = i
+        stats["batches"] += 1
+        for i, ev in enumerate(events):
+            msg = ev.message
+            stats["messages"] += 1
+            rt: Runtime | None = None
+            # the table reads of this event go to its partition's RocksDB (Faust's store
+            # picks the partition from the current event)
+            set_event(weakref.ref(ev))
+            try:
+                p = msg.partition
+                t = touched.get(p)
+                if t is None:
+                    rt = self.runtime(p)
+                    t = touched[p] = _Touched(rt, ev)
+                else:
+                    rt = t.rt
+                    t.event = ev
+                rt.positions[msg.topic] = msg.offset
+                if msg.topic == clock_name:
+                    if last_input.get(p, -1) < i:
+                        await self._on_tick(rt, msg, sends)
+                else:
+                    key = await self._on_event(rt, msg, sends)
+                    if key is not None:
+                        keys = t.keys
+                        keys.pop(key, None)          # in the order of their last event
+                        keys[key] = None
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - never let an exception kill the agent
+                stats["errors"] += 1
+                log.exception("unexpected error at %s[%s]@%s", msg.topic, msg.partition,
+                              msg.offset)
+                if rt is not None:
+                    rt.store.rollback()              # if it failed before commit
+                if msg.topic in self.dlq:
+                    await self._dead_letter_unexpected(msg, exc)
+        if sends:
+            await self._await_sends(sends)
+        for p, t in touched.items():
+            set_event(weakref.ref(t.event))
+            try:
+                self._flush(t)
+            except Exception:  # noqa: BLE001 - the keys stay dirty: the next batch retries
+                stats["errors"] += 1
+                log.exception("writing the state of partition %d failed", p)
+
+    async def _await_sends(self, sends: list[tuple[Any, Any]]) -> None:
+        """Wait until every output of the batch is delivered. An input message whose output
+        could not be delivered is dead-lettered (stage ``processing``), as before batching:
+        its state stays (it is written with the batch)."""
+        results = await asyncio.gather(*(f for f, _ in sends), return_exceptions=True)
+        failed: dict[tuple[str, int, int], tuple[Any, BaseException]] = {}
+        for (_, msg), res in zip(sends, results):
+            if isinstance(res, BaseException):
+                failed.setdefault((msg.topic, msg.partition, msg.offset), (msg, res))
+        for msg, exc in failed.values():
             self.stats["errors"] += 1
-            log.exception("unexpected error at %s[%s]@%s", msg.topic, msg.partition, msg.offset)
-            if msg.topic in self.dlq:
+            log.error("delivery failed for the outputs of %s[%s]@%s: %r", msg.topic,
+                      msg.partition, msg.offset, exc)
+            if msg.topic in self.dlq and isinstance(exc, Exception):
                 await self._dead_letter_unexpected(msg, exc)
 
     async def _dead_letter_unexpected(self, msg: Any, exc: Exception) -> None:
@@ -208,38 +300,65 @@ class Topology:
                                       partition=msg.partition, offset=msg.offset,
                                       app_version=APP_VERSION, at=time.time(),
                                       max_value_bytes=self.settings.max_message_bytes)
-            await self.dlq[msg.topic].send(
+            fut = await self.dlq[msg.topic].send(
                 key=msg.key, value=orjson.dumps(body), partition=msg.partition,
                 headers=dlq_headers(m, body["stage"], body["error"], APP_VERSION,
                                     SCHEMA_VERSION))
+            await fut
             self.stats["dead_lettered"] += 1
+        except asyncio.CancelledError:
+            raise
         except Exception:  # noqa: BLE001
             log.exception("could not dead-letter %s[%s]@%s", msg.topic, msg.partition,
                           msg.offset)
 
-    async def _on_event(self, rt: Runtime, msg: Any) -> None:
-        headers = tuple((k, bytes(v) if v is not None else b"") for k, v in (msg.headers or ()))
-        m = Message(msg.topic, msg.partition, msg.offset, msg.key, msg.value, headers,
-                    msg.timestamp if msg.timestamp else None)
-        proc = rt.processor
-        outcome = proc.handle(m)
-        engine = proc.engine
+    async def _on_event(self, rt: Runtime, msg: Any, sends: list[tuple[Any, Any]]) -> str | None:
+        """One input event; returns its customer key when it was applied (or skipped as a
+        replay), None when it was dead-lettered."""
+        headers = msg.headers
+        m = Message(msg.topic, msg.partition, msg.offset, msg.key, msg.value,
+                    tuple((k, bytes(v) if v is not None else b"") for k, v in headers)
+                    if headers else (), msg.timestamp if msg.timestamp else None)
+        store = rt.store
+        clock = rt.processor.engine.clock
+        before = (clock.max_seen, clock.late_events)
+        store.begin()
+        outcome = rt.processor.handle(m)
         if outcome.dead_letter is not None:
-            rt.store.discard(engine.dirty_keys())  # a failed event leaves no state behind
-            engine.clear_dirty()
+            # a failed event leaves no state behind: only the keys it touched are put back
+            # as they were before it, the other events of the batch keep their changes
+            self._undo_event(rt, store.rollback(), before)
             dl = outcome.dead_letter
-            await self.dlq[msg.topic].send(key=dl.key, value=orjson.dumps(dl.body),
-                                           partition=msg.partition, headers=dl.headers)
+            sends.append((await self.dlq[msg.topic].send(
+                key=dl.key, value=orjson.dumps(dl.body), partition=msg.partition,
+                headers=dl.headers), msg))
             self.stats["dead_lettered"] += 1
-            return
+            return None
+        store.commit()
         if outcome.skipped:
             self.stats["skipped"] += 1
         else:
             self.stats["processed"] += 1
-        await self._deliver(outcome.outputs)
-        self._flush(rt, last=outcome.key)
+        if outcome.outputs:
+            await self._send_changes(outcome.outputs, msg, sends)
+        return outcome.key
 
-    async def _on_tick(self, rt: Runtime, msg: Any) -> None:
+    @staticmethod
+    def _undo_event(rt: Runtime, keys: list[str], clock_before: tuple[Any, Any]) -> None:
+        """After a rollback of ``keys``: the partition's event time as it was before the
+        failed event, and the timers of the restored keys back in the due-time index (the
+        failed event may have fired and popped them). A timer entry that was not popped is
+        now there twice: once the first fires and reschedules the key, the second is
+        skipped as stale (its due time no longer matches the state's). Engine counters
+        (statistics) are not rolled back."""
+        engine = rt.processor.engine
+        engine.clock.max_seen, engine.clock.late_events = clock_before
+        for key in keys:
+            state = engine.store.get(key)
+            if state is not None and state.due_at is not None:
+                heapq.heappush(engine._heap, (state.due_at, key))
+
+    async def _on_tick(self, rt: Runtime, msg: Any, sends: list[tuple[Any, Any]]) -> None:
         try:
             at = float(orjson.loads(msg.value)["at"])
         except Exception:  # noqa: BLE001 - a bad tick is ignored
@@ -248,39 +367,46 @@ class Topology:
         if not self.caught_up(rt.partition):
             return
         self.stats["ticks"] += 1
+        store = rt.store
+        clock = rt.processor.engine.clock
+        before = (clock.max_seen, clock.late_events)
+        store.begin()
         try:
             outputs = rt.processor.tick(at)
         except Exception:  # noqa: BLE001
             log.exception("clock tick failed on partition %d", rt.partition)
-            rt.store.discard(rt.processor.engine.dirty_keys())
-            rt.processor.engine.clear_dirty()
+            self._undo_event(rt, store.rollback(), before)
             return
-        await self._deliver(outputs)
-        self._flush(rt, force_meta=True)
+        store.commit()
+        if outputs:
+            await self._send_changes(outputs, msg, sends)
 
-    async def _deliver(self, outputs: list[dict]) -> None:
-        """Send the changes (and their per-segment copies) and wait until delivered."""
-        if not outputs:
-            return
-        futures = []
+    async def _send_changes(self, outputs: list[dict], msg: Any,
+                            sends: list[tuple[Any, Any]]) -> None:
+        """Hand the changes (and their per-segment copies) to the producer; their delivery
+        is awaited at the end of the batch."""
+        segment_topics = self.segment_topics
         for change in outputs:
             key = change["customer_id"].encode("utf-8")
             body = orjson.dumps(change)
-            futures.append(await self.changes.send(key=key, value=body))
-            segments = ([change["segment"]] if change.get("segment")
-                        else change.get("previous_segments", []))
-            for name in segments:
-                topic = self.segment_topics.get(name)
+            sends.append((await self.changes.send(key=key, value=body), msg))
+            segment = change.get("segment")
+            for name in ([segment] if segment else change.get("previous_segments", ())):
+                topic = segment_topics.get(name)
                 if topic is not None:
-                    futures.append(await topic.send(key=key, value=body))
-        await asyncio.gather(*futures)
+                    sends.append((await topic.send(key=key, value=body), msg))
         self.stats["changes"] += len(outputs)
 
-    def _flush(self, rt: Runtime, force_meta: bool = False, last: str | None = None) -> None:
+    def _flush(self, t: _Touched) -> None:
+        """Write the partition's changed customers once each (the keys of the batch's events
+        last, in the order of their last event), then its meta. Runs with the partition's
+        last event of the batch as Faust's current event: Faust's RocksDB store and the
+        changelog take the partition from it."""
+        rt = t.rt
         engine = rt.processor.engine
         dirty = engine.dirty_keys()
         if dirty:
-            rt.store.flush(dirty, last=last)
+            rt.store.flush(dirty, last=t.keys)
             engine.clear_dirty()
         # after the states of this flush, in the same changelog partition (see PartitionMeta)
         self.meta[str(rt.partition).encode()] = engine.export_meta()
@@ -313,10 +439,23 @@ def register(app: faust.App, settings: Settings) -> Topology:
     """Register the retention topology on ``app``."""
     topo = Topology(app, settings)
 
+    batch_max, within = settings.batch_max, settings.batch_within
+
     @app.agent(topo.source, name="ingest", concurrency=1)
     async def ingest(stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            await topo.on_message(event.message)
+        # take_events acks the batch after this body (and in its ``finally``, whatever
+        # happens): so on_batch never raises, and a batch that has begun is finished even
+        # if the agent is cancelled (a stop), rather than acked with its state unwritten
+        async for events in stream.take_events(batch_max, within=within):
+            task = asyncio.ensure_future(topo.on_batch(events))
+            try:
+                await asyncio.shield(task)
+            except asyncio.CancelledError:
+                if not task.done():
+                    log.info("stopping: finishing the current batch of %d events",
+                             len(events))
+                    await asyncio.wait({task}, timeout=30.0)
+                raise
 
     @app.on_partitions_revoked.connect
     async def on_revoked(sender: Any, revoked: set, **kwargs: Any) -> None:

@@ -4,10 +4,15 @@ The engine's ``store`` is a :class:`TableStore`: reads come from the cache, else
 Faust table (RocksDB or memory) and are decoded once; writes only touch the cache, and the
 engine records the keys it changed (``engine.dirty_keys()``). :meth:`TableStore.flush`
 writes the dirty keys to the table (one changelog record per key) and is called by the
-agent *after* the outputs of those changes were delivered and *before* the message is
-acked, so that a committed offset always has its state and outputs on the broker. Today the
-agent flushes after every message; flushing once per batch (coalescing the writes of a
-busy key) needs no change here.
+agent once per batch, *after* the outputs of the batch were delivered and *before* the
+batch is acked, so that a committed offset always has its state and outputs on the broker.
+
+Within a batch, one event can fail half way (an exception inside the engine, or an output
+that fails validation) while earlier events of the batch left unflushed changes in the
+cache. :meth:`TableStore.begin` / :meth:`TableStore.rollback` undo exactly what the failed
+event did to the store: the first time the event touches a key, the key's state as it was
+is recorded (a JSON copy for a key with unflushed changes, else only a marker: its last
+flushed copy is in the table), and a rollback puts those back.
 """
 
 from __future__ import annotations
@@ -15,12 +20,17 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from typing import Any
 
+import orjson
+
 from models.partitioning import partition_for
 from models.state import CustomerState
 
 __all__ = ["META_PREFIX", "PartitionMeta", "TableStore", "partition_keys"]
 
 _FAUST_INTERNAL = b"__faust"
+# undo markers: "was deleted (unflushed)" and "as in the table (reload it)"
+_DELETED = object()
+_RELOAD = object()
 #: reserved key prefix of the partition meta in the customers table (never a customer key:
 #: a NUL byte starts it)
 META_PREFIX = b"\x00retention-meta:"
@@ -83,32 +93,103 @@ class TableStore(MutableMapping[str, CustomerState]):
         self.max_cached = max_cached
         self._cache: dict[str, CustomerState] = {}
         self._deleted: set[str] = set()
+        self._unflushed: set[str] = set()     # keys written or deleted since their last flush
+        self._rewrite: set[str] = set()       # restored by a rollback: written at next flush
+        self._undo: dict[str, Any] | None = None   # the current event's undo log
+        # RocksDB decodes a fresh value on every read, so the table holds an independent
+        # copy of every flushed state. A dict or the memory store hands back the very
+        # object it was given: reads and undo records are copied there.
+        self._fresh_reads = isinstance(getattr(getattr(table, "data", None), "_dbs", None),
+                                       dict)
         self.reads = 0
         self.writes = 0
 
     # -- mapping ---------------------------------------------------------------------
     def __getitem__(self, key: str) -> CustomerState:
+        state = self.get(key)
+        if state is None:
+            raise KeyError(key)
+        return state
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        """``Mapping.get`` without an exception for a missing key (the engine asks for new
+        customers all the time)."""
+        undo = self._undo
+        if undo is not None and key not in undo:
+            self._record(key)
         state = self._cache.get(key)
         if state is not None:
             return state
         if key in self._deleted or (self.owns is not None and not self.owns(key)):
-            raise KeyError(key)
+            return default
         raw = self.table.get(key.encode("utf-8"))
         self.reads += 1
         if raw is None:
-            raise KeyError(key)
+            return default
+        if not self._fresh_reads:
+            raw = orjson.loads(orjson.dumps(raw))   # never share lists with the table
         state = CustomerState.from_dict(raw)
         self._cache[key] = state
         return state
 
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self.get(key) is not None
+
     def __setitem__(self, key: str, value: CustomerState) -> None:
+        undo = self._undo
+        if undo is not None and key not in undo:
+            self._record(key)
         self._deleted.discard(key)
+        self._unflushed.add(key)
         self._cache[key] = value
 
     def __delitem__(self, key: str) -> None:
         self[key]  # KeyError when absent  # noqa: B018
         self._cache.pop(key, None)
         self._deleted.add(key)
+        self._unflushed.add(key)
+
+    # -- undo (one event) ------------------------------------------------------------
+    def begin(self) -> None:
+        """Start recording what the next event does to the store (see :meth:`rollback`)."""
+        self._undo = {}
+
+    def commit(self) -> None:
+        """The event succeeded: keep its changes (until :meth:`flush` writes them)."""
+        self._undo = None
+
+    def rollback(self) -> list[str]:
+        """The event failed: put back every key it touched as it was at :meth:`begin`,
+        keeping the unflushed changes of earlier events. Returns the keys put back."""
+        undo, self._undo = self._undo, None
+        if not undo:
+            return []
+        cache, deleted = self._cache, self._deleted
+        for key, before in undo.items():
+            if before is _RELOAD:            # clean: the table has it as it was
+                cache.pop(key, None)
+                deleted.discard(key)
+                self._unflushed.discard(key)
+            elif before is _DELETED:
+                cache.pop(key, None)
+                deleted.add(key)
+            else:                            # unflushed changes of earlier events
+                cache[key] = _restore(before)
+                deleted.discard(key)
+                self._unflushed.add(key)
+                self._rewrite.add(key)
+        return list(undo)
+
+    def _record(self, key: str) -> None:
+        """Note how ``key`` is before the current event changes it."""
+        assert self._undo is not None
+        state = self._cache.get(key)
+        if key in self._deleted:
+            self._undo[key] = _DELETED
+        elif state is None or (self._fresh_reads and key not in self._unflushed):
+            self._undo[key] = _RELOAD
+        else:
+            self._undo[key] = _snapshot(state)
 
     def __iter__(self) -> Iterator[str]:
         seen = set(self._cache)
@@ -122,16 +203,30 @@ class TableStore(MutableMapping[str, CustomerState]):
         return sum(1 for _ in self)
 
     # -- write-back ------------------------------------------------------------------
-    def flush(self, keys: Iterable[str], last: str | None = None) -> int:
+    def flush(self, keys: Iterable[str], last: str | Iterable[str] | None = None) -> int:
         """Write ``keys`` (the engine's dirty keys) to the table; returns records written.
 
-        ``last`` (the key of the event, whose state holds the source position) is written
-        after the others: all keys of a partition go to the same changelog partition, in
-        order, so if the position reached the broker, so did the other keys it changed (a
-        linked visitor's tombstone), and a replay that skips the event leaves nothing out."""
-        ordered = [k for k in keys if k != last]
-        if last is not None and last in keys:
-            ordered.append(last)
+        ``last``: the key (or keys, in order) of the flushed events, whose states hold the
+        source positions; they are written after the other keys. All keys of a partition go
+        to the same changelog partition, in order, so if an event's position reached the
+        broker, so did the other keys it changed (a linked visitor's tombstone), and a replay
+        that skips the event leaves nothing out."""
+        if self._rewrite:
+            keys = set(keys) | self._rewrite
+            self._rewrite = set()
+        elif not isinstance(keys, (set, frozenset, dict)):
+            keys = set(keys)
+        if last is None:
+            tail: list[str] = []
+        elif isinstance(last, str):
+            tail = [last] if last in keys else []
+        else:
+            tail = [k for k in last if k in keys]
+        if tail:
+            at_end = set(tail)
+            ordered = [k for k in keys if k not in at_end] + tail
+        else:
+            ordered = list(keys)
         n = 0
         for key in ordered:
             state = self._cache.get(key)
@@ -144,6 +239,7 @@ class TableStore(MutableMapping[str, CustomerState]):
                     del self.table[bkey]
                     n += 1
                 self._deleted.discard(key)
+        self._unflushed.difference_update(ordered)
         self.writes += n
         self._trim()
         return n
@@ -154,10 +250,31 @@ class TableStore(MutableMapping[str, CustomerState]):
         for key in keys:
             self._cache.pop(key, None)
             self._deleted.discard(key)
+            self._unflushed.discard(key)
+            self._rewrite.discard(key)
 
     def _trim(self) -> None:
         extra = len(self._cache) - self.max_cached
         if extra > 0:
             drop = extra + self.max_cached // 5
-            for key in list(self._cache)[:drop]:
+            for key in [k for k in self._cache if k not in self._unflushed][:drop]:
                 del self._cache[key]
+
+
+def _snapshot(state: CustomerState) -> Any:
+    """An independent copy of ``state``: its JSON form (states round-trip through the
+    table's JSON anyway), else a deep copy."""
+    try:
+        return orjson.dumps(state.to_dict())
+    except TypeError:
+        import copy
+
+        return copy.deepcopy(state)
+
+
+def _restore(before: Any) -> CustomerState:
+    if isinstance(before, bytes):
+        return CustomerState.from_dict(orjson.loads(before))
+    import copy
+
+    return copy.deepcopy(before)

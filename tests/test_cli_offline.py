@@ -89,3 +89,32 @@ def test_whatif_shows_who_would_enter_and_leave(events_file, tmp_path):
     assert repeat["members_new"] == repeat["members_current"] - repeat["would_leave"]
     assert all(row["status"] == "same" and row["would_enter"] == row["would_leave"] == 0
                for name, row in rows.items() if name != "repeat")
+
+
+def test_worker_keeps_the_root_log_level_without_a_terminal() -> None:
+    """Faust's spinner sets the root logger to DEBUG at ``-l warn``, which makes every
+    debug call of aiokafka and Faust build a record; our Worker keeps it off the terminal."""
+    import io
+    import logging
+
+    from streams.app import create_app
+    from streams.settings import Settings
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    app = create_app(Settings.from_env({"RETENTION_STORE": "memory://",
+                                        "RETENTION_MODELS": "0"}))
+    root = logging.getLogger()
+    saved_level, saved_handlers = root.level, list(root.handlers)
+    try:
+        for out, expected in ((io.StringIO(), logging.WARNING), (Tty(), logging.DEBUG)):
+            root.handlers[:] = [logging.StreamHandler(io.StringIO())]
+            root.setLevel(logging.WARNING)
+            worker = app.Worker(loglevel="warn", stdout=out)
+            worker.on_setup_root_logger(root, logging.WARNING)
+            assert root.level == expected, (out, logging.getLevelName(root.level))
+    finally:
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)

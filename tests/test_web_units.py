@@ -168,6 +168,12 @@ def test_sensor_counts_dead_letters_by_stage_and_latency() -> None:
     sensor.on_stream_event_out(tp, 5, None, None, state)
     assert obs.partitions[2].messages == 1 and obs.latency_count == 1
     assert sensor.on_stream_event_in(TP("other", 0), 1, None, None) is None
+    # the batched agent's acks (Stream.ack from take_events) come without the state
+    sensor.on_stream_event_in(tp, 6, None, None)
+    sensor.on_stream_event_out(tp, 6, None, None)
+    assert obs.latency_count == 2 and not sensor._entered
+    sensor.on_stream_event_out(tp, 7, None, None)                      # never entered
+    assert obs.latency_count == 2
 
 
 # --------------------------------------------------------------------------- prometheus

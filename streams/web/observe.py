@@ -4,8 +4,9 @@ Two sources, both read-only for the topology:
 
 - :class:`FlowSensor`, a Faust sensor (``app.sensors.add``; Faust calls it from the consumer
   and the stream loop): messages in by topic and partition, the wall time of the last one,
-  the time each message spends in the ingest agent (``on_stream_event_in`` to
-  ``on_stream_event_out``: decode, engine, delivery of the changes, table flush), and dead
+  the time each message spends in the ingest agent (``on_stream_event_in``, when it enters
+  the stream, to ``on_stream_event_out``, when its batch is acked: the wait for the batch,
+  decode, engine, delivery of the changes, table flush), and dead
   letters by stage, seen as they are sent (the ``dlq.stage`` header of every record sent to a
   ``*.dlq`` topic).
 - :class:`Observer`, which folds the per-partition engine counters (``Engine.counters``:
@@ -58,9 +59,17 @@ class _Seen:
 class FlowSensor(Sensor):
     """Counts what flows through this worker (see the module docstring)."""
 
+    #: bound on the messages in flight remembered (events dropped by a rebalance are never
+    #: acked here)
+    MAX_IN_FLIGHT = 100_000
+
     def __init__(self, observer: Observer, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.observer = observer
+        # when each message in flight entered the stream: the batched agent's acks
+        # (``Stream.ack`` from ``take_events``) call on_stream_event_out without the state
+        # that on_stream_event_in returned
+        self._entered: dict[tuple[TP, int], float] = {}
 
     def on_message_in(self, tp: TP, offset: int, message: Any) -> None:
         obs = self.observer
@@ -81,10 +90,18 @@ class FlowSensor(Sensor):
         if tp.topic not in obs.source_topics:
             return None
         obs.before_message(tp.partition, event)
-        return time.perf_counter()
+        now = time.perf_counter()
+        entered = self._entered
+        if len(entered) >= self.MAX_IN_FLIGHT:
+            entered.clear()
+        entered[(tp, offset)] = now
+        return now
 
     def on_stream_event_out(self, tp: TP, offset: int, stream: Any, event: Any,
                             state: Any = None) -> None:
+        started = self._entered.pop((tp, offset), None)
+        if state is None:
+            state = started
         if state is None:
             return
         self.observer.observe_latency(time.perf_counter() - state)

@@ -1,0 +1,125 @@
+"""The write-back cache (:class:`streams.state.TableStore`) under batching: one failed event
+is rolled back key by key, and the unflushed changes of the other events of the batch stay.
+
+No broker: the table is a dict (shares objects, like Faust's memory store) or a stand-in
+for RocksDB (every read decodes a fresh copy). The broker version of the same guarantee is
+tests/test_streams_batch.py."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import orjson
+import pytest
+from tests.eventkit import Shop
+
+from models.engine import Engine
+from streams.state import TableStore
+
+
+class FreshTable:
+    """Like Faust's RocksDB store: values are stored encoded, every read decodes a copy."""
+
+    def __init__(self) -> None:
+        self.data = SimpleNamespace(_dbs={0: None})
+        self._d: dict[bytes, bytes] = {}
+
+    def get(self, key: bytes) -> Any:
+        raw = self._d.get(key)
+        return None if raw is None else orjson.loads(raw)
+
+    def __setitem__(self, key: bytes, value: Any) -> None:
+        self._d[key] = orjson.dumps(value)
+
+    def __delitem__(self, key: bytes) -> None:
+        del self._d[key]
+
+    def __contains__(self, key: bytes) -> bool:
+        return key in self._d
+
+    def states(self) -> dict[str, Any]:
+        return {k.decode(): orjson.loads(v) for k, v in self._d.items()}
+
+
+def _states(table: Any) -> dict[str, Any]:
+    if isinstance(table, FreshTable):
+        return table.states()
+    return {k.decode(): orjson.loads(orjson.dumps(v)) for k, v in table.items()}
+
+
+def _run(table: Any, batches: list[list[tuple[dict, bool]]]) -> dict[str, Any]:
+    """Apply batches of (event, fails) through an engine over a TableStore, as the agent
+    does: begin, process, commit or (the event fails after the engine changed the state)
+    rollback; one flush per batch."""
+    store = TableStore(table)
+    engine = Engine(store=store)
+    for batch in batches:
+        for event, fails in batch:
+            store.begin()
+            engine.process(event)
+            if fails:
+                store.rollback()
+            else:
+                store.commit()
+        store.flush(engine.dirty_keys())
+        engine.clear_dirty()
+    return _states(table)
+
+
+def _reference(batches: list[list[tuple[dict, bool]]]) -> dict[str, Any]:
+    engine = Engine()
+    for batch in batches:
+        for event, fails in batch:
+            if not fails:
+                engine.process(event)
+    return {k: orjson.loads(orjson.dumps(s.to_dict())) for k, s in engine.store.items()}
+
+
+def _scenario() -> list[list[tuple[dict, bool]]]:
+    s = Shop()
+    first = [(s.view("a", 0), False), (s.order("b", 0, 40, minute=1), False),
+             (s.add("a", 0, minute=2), False)]
+    second = [
+        (s.view("a", 1), False),                       # a: unflushed change in this batch
+        (s.order("a", 1, 30, minute=1), True),         # fails after changing a: rolled back
+        (s.order("b", 1, 25, minute=2), True),         # fails on b's first touch (flushed)
+        (s.view("c", 1, minute=3), True),              # fails on a new key
+        (s.add("a", 1, minute=4), False),              # a goes on from before the failure
+        (s.view("c", 1, minute=5), False),
+        (s.order("b", 1, 10, minute=6), False),
+    ]
+    third = [(s._env("erasure_requested", "b", 2, 0), False),
+             (s.view("b", 2, minute=1), True),         # fails on a key erased in this batch
+             (s.view("a", 2, minute=2), False)]
+    return [first, second, third]
+
+
+@pytest.mark.parametrize("table_kind", ["dict", "rocksdb-like"])
+def test_a_failed_event_is_undone_without_losing_the_batch(table_kind: str) -> None:
+    table: Any = {} if table_kind == "dict" else FreshTable()
+    batches = _scenario()
+    got = _run(table, batches)
+    want = _reference(batches)
+    assert set(got) == set(want)
+    for key in want:
+        assert got[key] == want[key], key
+    # the failures did change state before their rollback (otherwise this proves nothing)
+    unrolled: Any = {} if table_kind == "dict" else FreshTable()
+    store = TableStore(unrolled)
+    engine = Engine(store=store)
+    for batch in batches:
+        for event, _fails in batch:
+            engine.process(event)
+        store.flush(engine.dirty_keys())
+        engine.clear_dirty()
+    assert _states(unrolled) != want
+
+
+def test_rollback_with_nothing_touched_is_a_no_op() -> None:
+    store = TableStore({})
+    store.begin()
+    assert store.rollback() == []
+    store.begin()
+    store.commit()
+    assert store.rollback() == []
