@@ -191,6 +191,10 @@ class Engine:
                 self._put(state)
                 key, state = target.key, target
                 self.counters["identity_redirects"] += 1
+                if position is not None and state.positions.get(position[0], -1) >= position[1]:
+                    # replayed after a crash that wrote the customer but not the marker
+                    self.counters["replayed_skipped"] += 1
+                    return []
                 if not state.remember_id(event["event_id"]):
                     state.duplicates += 1
                     self.counters["duplicates"] += 1

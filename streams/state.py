@@ -227,6 +227,15 @@ class TableStore(MutableMapping[str, CustomerState]):
             ordered = [k for k in keys if k not in at_end] + tail
         else:
             ordered = list(keys)
+        # linked visitors' markers after everything else: if a crash cuts the flush, a
+        # customer that absorbed a visitor is on the broker before the visitor's marker, and
+        # the replay of the link event completes it (Engine.complete_link); the other order
+        # would lose the visitor's history (marker there, absorption not)
+        cache = self._cache
+        markers = [k for k in ordered if getattr(cache.get(k), "retired", False)]
+        if markers:
+            retired = set(markers)
+            ordered = [k for k in ordered if k not in retired] + markers
         n = 0
         for key in ordered:
             state = self._cache.get(key)

@@ -123,3 +123,46 @@ def test_rollback_with_nothing_touched_is_a_no_op() -> None:
     store.begin()
     store.commit()
     assert store.rollback() == []
+
+
+class RecordingTable(FreshTable):
+    """Remembers the order of the writes (the order of the changelog records)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    def __setitem__(self, key: bytes, value: Any) -> None:
+        self.writes.append(key.decode())
+        super().__setitem__(key, value)
+
+
+def test_a_linked_visitors_marker_is_written_after_its_customer() -> None:
+    """A flush cut by a crash must never leave the visitor's marker on the broker without the
+    customer that absorbed it (the visitor's history would be lost; the other way round the
+    replay completes the link: tests/test_engine_scenarios.py), even when the visitor's own
+    event comes first in the batch (the agent names the events' keys as ``last``, in order)."""
+    shop = Shop()
+    table = RecordingTable()
+    store = TableStore(table)
+    engine = Engine(store=store)
+    engine.process(shop.add("v1", 0, anonymous=True), position=("t", 1))
+    engine.process(shop.view("c1", 0, minute=2, anonymous_id="v1"), position=("t", 2))
+    store.flush(engine.dirty_keys(), last=["v1", "c1"])
+    engine.clear_dirty()
+    assert table.writes == ["c1", "v1"] and table.get(b"v1")["retired"]
+    # a later logged-out event of the visitor is c1's; a crash writes c1, not the marker
+    later = shop.view("v1", 0, minute=3, anonymous=True)
+    engine.process(later, position=("t", 3))
+    store.flush(engine.dirty_keys(), last=["v1"])
+    assert table.writes[-2:] == ["c1", "v1"]
+    engine2 = Engine()
+    c1 = engine.store["c1"].from_dict(table.get(b"c1"))
+    c1.seen_ids = [i for i in c1.seen_ids if i != later["event_id"]]   # long gone from the ids
+    engine2.store["c1"] = c1
+    marker = engine.store["v1"].from_dict(table.get(b"v1"))
+    marker.positions = {"t": 2}                                       # as before the crash
+    engine2.store["v1"] = marker
+    views = c1.page_views
+    assert engine2.process(later, position=("t", 3)) == []           # skipped by c1's position
+    assert engine2.state_of("c1").page_views == views
