@@ -69,7 +69,7 @@ partition after the worker that took it over recovered (``probe.in[0]`` from off
 1,980 records, taken at the joining worker's first recovery; ``probe.in[2]`` from 677, 1,665
 records, taken over from the SIGTERMed worker); the worker never read that partition again
 (in the first run not even after its next recovery, which opens the same window again).
-With this fix: 0 of 10.
+With this fix: 0 of 13.
 
 The regression tests are ``tests/test_faust_fixes.py`` (both fixes against 0.15.3's own
 methods, no broker), ``tests/test_streams_rebalance.py`` (two worker processes, one is
