@@ -118,3 +118,26 @@ def test_worker_keeps_the_root_log_level_without_a_terminal() -> None:
     finally:
         root.handlers[:] = saved_handlers
         root.setLevel(saved_level)
+
+
+def test_worker_consumer_fetch_wait_is_short_only_on_the_embedded_broker() -> None:
+    """Tansu holds a fetch for its whole wait: Faust's 1,500 ms is cut on the embedded
+    broker only (streams.app.short_fetch_wait_on_embedded_broker)."""
+    import asyncio
+
+    from streams.app import EMBEDDED_FETCH_WAIT_MS, create_app
+    from streams.settings import Settings
+
+    async def fetch_wait(embedded: str) -> int:
+        app = create_app(Settings.from_env({"RETENTION_STORE": "memory://",
+                                            "RETENTION_MODELS": "0",
+                                            "RETENTION_BROKER": "127.0.0.1:1",
+                                            "RETENTION_EMBEDDED_BROKER": embedded}))
+        consumer = app.consumer._thread._create_worker_consumer(app.consumer.transport)
+        try:
+            return consumer._fetch_max_wait_ms
+        finally:
+            await consumer.stop()
+
+    assert asyncio.run(fetch_wait("1")) == EMBEDDED_FETCH_WAIT_MS < 100
+    assert asyncio.run(fetch_wait("0")) == 1500
