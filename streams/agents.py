@@ -470,12 +470,8 @@ def register(app: faust.App, settings: Settings) -> Topology:
             except Exception:  # noqa: BLE001
                 log.exception("sending clock ticks failed")
 
-    @app.page("/retention/summary/")
-    async def summary(web: Any, request: Any) -> Any:
-        return web.json(topo.summary())
-
     topo.agent = ingest  # type: ignore[attr-defined]
     from streams.web import register_views  # operator views and metrics: docs/OPERATORS.md
 
-    register_views(app, topo, settings)
+    register_views(app, topo, settings)     # also /retention/summary/ (behind the token)
     return topo

@@ -33,8 +33,12 @@ _BAD_MESSAGES = (b"{not json", b'{"type": "teleported", "event_id": "x1"}', b"\x
 
 
 def _summary(port: int) -> dict[str, Any] | None:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/retention/summary/")
+    token = os.environ.get("RETENTION_WEB_TOKEN")      # the worker inherits it from us
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/retention/summary/", timeout=1) as r:
+        with urllib.request.urlopen(req, timeout=1) as r:
             return orjson.loads(r.read())
     except Exception:  # noqa: BLE001 - the worker is starting, or busy: try again later
         return None

@@ -178,7 +178,10 @@ def test_bad_messages_are_dead_lettered_and_the_rest_processed(broker, workers, 
 
 def test_sigkill_mid_stream_then_restart_equals_uninterrupted(broker, workers, unique,
                                                               tmp_path):
-    env, settings = setup_env(broker, unique, tmp_path, RETENTION_STORE="rocksdb://")
+    # small batches, so that the worker is surely killed mid-stream (with the default 1,000
+    # it can take the whole input in three batches between two polls of its progress)
+    env, settings = setup_env(broker, unique, tmp_path, RETENTION_STORE="rocksdb://",
+                              RETENTION_BATCH_MAX="50")
     lines = simulated_lines(customers=150, days=120, seed=21)
     w1 = workers("streams", env, name="first")
     w1.wait_ready(60)

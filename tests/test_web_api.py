@@ -140,7 +140,7 @@ def test_health_needs_no_token_and_reports_ready(group: Group) -> None:
 
 
 @pytest.mark.parametrize("path", ["/metrics", "/customers/c000001", "/segments", "/models",
-                                  "/flow", "/dashboard/series"])
+                                  "/flow", "/dashboard/series", "/retention/summary/"])
 def test_everything_but_health_needs_the_token(group: Group, path: str) -> None:
     status, headers, _ = http(group.port_a, path, token=None)
     assert status == 401 and headers.get("WWW-Authenticate", "").startswith("Bearer")

@@ -6,6 +6,7 @@ path                                   auth    what
 ``/health/live``                       no      the process answers (200)
 ``/health/ready``                      no      200 when the worker can serve, 503 and the reasons
 ``/metrics``                           token   Prometheus text format (``streams.web.prom``)
+``/retention/summary/``                token   the worker's counters, partitions, watermarks
 ``/customers/{id}``                    token   one customer (``customer_view`` v1), answered by
                                                the worker that owns the key (``@app.table_route``)
 ``/segments``                          token   definitions and version, sizes, entries and exits
@@ -506,6 +507,13 @@ def register_views(app: Any, topology: Any, settings: Any, *,
                                  {"status": "ready" if ok else "not ready", "reasons": reasons,
                                   "worker": surface.url,
                                   "partitions": sorted(surface.topology.runtimes)})
+
+    @app.page("/retention/summary/", name="retention_summary")
+    class Summary(View):
+        async def get(self, request: Request) -> Response:
+            if (denied := surface.denied(self, request)) is not None:
+                return denied
+            return json_response(self, 200, surface.topology.summary())
 
     @app.page("/metrics", name="retention_metrics")
     class PromMetrics(View):
