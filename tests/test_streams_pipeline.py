@@ -178,14 +178,15 @@ def test_bad_messages_are_dead_lettered_and_the_rest_processed(broker, workers, 
 
 def test_sigkill_mid_stream_then_restart_equals_uninterrupted(broker, workers, unique,
                                                               tmp_path):
-    # small batches, so that the worker is surely killed mid-stream (with the default 1,000
-    # it can take the whole input in three batches between two polls of its progress)
+    # the input is a backlog produced before the worker starts, and read in small batches, so
+    # that the worker is surely killed mid-stream: produced while it runs, a worker with the
+    # short fetch wait keeps up with the producer and is done when the producer returns
     env, settings = setup_env(broker, unique, tmp_path, RETENTION_STORE="rocksdb://",
                               RETENTION_BATCH_MAX="50")
-    lines = simulated_lines(customers=150, days=120, seed=21)
+    lines = simulated_lines(customers=300, days=120, seed=21)
+    produce_raw(broker.bootstrap, settings.topic(INPUT), [(key_of(x), x) for x in lines])
     w1 = workers("streams", env, name="first")
     w1.wait_ready(60)
-    produce_raw(broker.bootstrap, settings.topic(INPUT), [(key_of(x), x) for x in lines])
     # kill once a good part (not all) is processed
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
