@@ -443,14 +443,23 @@ def validate(event: dict) -> dict:
         value = event.get(field)
         if value is not None:
             try:
-                parse_time(value)
+                t = parse_time(value)
             except TimeError:
                 raise ContractError("schema", f"not a valid date-time (e.g. day out of range), got "
                                               f"{_short(value)}", field) from None
+            # the pattern bounds the written year (1970-2099), not the instant: with its zone
+            # offset "1970-01-01T00:00:00+23:59" is in 1969, and outputs are written in UTC
+            if not _EARLIEST <= t < _LATEST:
+                raise ContractError("schema", "must be from 1970-01-01T00:00:00Z to before "
+                                              f"2100-01-01T00:00:00Z, got {_short(value)}", field)
     if None in event.values():
         for key in [k for k, v in event.items() if v is None]:
             del event[key]
     return event
+
+
+_EARLIEST = 0.0                  # 1970-01-01T00:00:00Z
+_LATEST = 4102444800.0           # 2100-01-01T00:00:00Z
 
 
 def parse_event(raw: bytes, max_bytes: int = MAX_EVENT_BYTES) -> dict:

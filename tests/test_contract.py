@@ -435,3 +435,23 @@ def test_validation_cost_of_a_typical_order():
     t2 = time.perf_counter()
     print(f"\nvalidate(order_completed): {(t1 - t0) / n * 1e6:.1f} µs/event; "
           f"parse_event (decode + validate, {len(raw)} bytes): {(t2 - t1) / n * 1e6:.1f} µs/event")
+
+
+@pytest.mark.parametrize("when,ok", [
+    ("1970-01-01T00:00:00+23:59", False),     # written 1970, the instant is in 1969 (UTC)
+    ("1970-01-01T00:00:00Z", True),
+    ("2099-12-31T23:59:59-23:59", False),     # written 2099, the instant is in 2100
+    ("2099-12-31T23:59:59Z", True),
+])
+def test_the_instant_not_only_the_written_year_is_bounded(when, ok):
+    """Found by tests/test_fuzz.py: an accepted event at "1970-01-01T00:00:00+23:59" produced
+    a change "at" 1969-12-31 that the output contract (UTC, 1970-2099) refused."""
+    ev = {"event_id": "e1", "type": "search", "occurred_at": when, "customer_id": "c1",
+          "schema_version": "1", "query": "x"}
+    if ok:
+        assert contract.parse_event(orjson.dumps(ev))["occurred_at"] == when
+    else:
+        with pytest.raises(ContractError) as err:
+            contract.parse_event(orjson.dumps(ev))
+        assert (err.value.stage, err.value.path) == ("schema", "occurred_at")
+        assert "1970-01-01T00:00:00Z" in err.value.reason
