@@ -195,11 +195,7 @@ class Engine:
                     # replayed after a crash that wrote the customer but not the marker
                     self.counters["replayed_skipped"] += 1
                     return []
-                if not state.remember_id(event["event_id"]):
-                    state.duplicates += 1
-                    self.counters["duplicates"] += 1
-                    self._remember_position(state, position)
-                    self._put(state)
+                if self._seen_before(state, event, position):
                     return []
                 return self._apply_event(state, key, event, kind, t, position)
             state = CustomerState(key=key, customer_id=event.get("customer_id"),
@@ -208,13 +204,21 @@ class Engine:
         if state is None:
             cid = event.get("customer_id")
             state = CustomerState(key=key, customer_id=cid, anonymous=cid is None, first_seen_at=t)
-        if not state.remember_id(event["event_id"]):
-            state.duplicates += 1
-            self.counters["duplicates"] += 1
-            self._remember_position(state, position)
-            self._put(state)
+        if self._seen_before(state, event, position):
             return []
         return self._apply_event(state, key, event, kind, t, position, visitor)
+
+    def _seen_before(self, state: CustomerState, event: dict[str, Any],
+                     position: tuple[str, int] | None) -> bool:
+        """Remember the event's id in ``state``; on a duplicate, count it and keep only its
+        position (so a replay skips it too). True for a duplicate."""
+        if state.remember_id(event["event_id"]):
+            return False
+        state.duplicates += 1
+        self.counters["duplicates"] += 1
+        self._remember_position(state, position)
+        self._put(state)
+        return True
 
     def _apply_event(self, state: CustomerState, key: str, event: dict[str, Any], kind: str,
                      t: float, position: tuple[str, int] | None,

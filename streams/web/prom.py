@@ -58,6 +58,14 @@ def model_summaries(observer: Observer) -> dict[str, dict[str, Any]]:
             if "labels" in m}
 
 
+def _counter(name: str, doc: str, labels: list[str], counts: dict) -> CounterMetricFamily:
+    """A counter family from ``counts`` (label value, or a tuple of them, -> count), sorted."""
+    family = CounterMetricFamily(name, doc, labels=labels)
+    for key, n in sorted(counts.items()):
+        family.add_metric(list(key) if isinstance(key, tuple) else [key], n)
+    return family
+
+
 class _Collector:
     def __init__(self, observer: Observer, app: Any, ready: Callable[[], bool],
                  info: Callable[[], dict[str, str]]) -> None:
@@ -69,31 +77,16 @@ class _Collector:
     def collect(self) -> Iterator[Any]:
         obs = self.observer
         obs.poll()
-        c = CounterMetricFamily("retention_messages", "Messages read from the input and "
-                                "clock topics", labels=["topic"])
-        for topic, n in sorted(obs.messages_by_topic.items()):
-            c.add_metric([topic], n)
-        yield c
-        c = CounterMetricFamily("retention_events", "Events applied by the engine, by type",
-                                labels=["type"])
-        for kind, n in sorted(obs.events_by_type.items()):
-            c.add_metric([kind], n)
-        yield c
-        c = CounterMetricFamily("retention_dead_letters", "Messages sent to a dead-letter "
-                                "topic, by source topic and stage", labels=["topic", "stage"])
-        for (topic, stage), n in sorted(obs.dead_letters.items()):
-            c.add_metric([topic, stage], n)
-        yield c
-        c = CounterMetricFamily("retention_segment_changes", "Segment entries and exits",
-                                labels=["segment", "change"])
-        for (seg, change), n in sorted(obs.segment_changes.items()):
-            c.add_metric([seg, change], n)
-        yield c
-        c = CounterMetricFamily("retention_engine_events", "Other engine counts (late events, "
-                                "duplicates, timers fired, erasures ...)", labels=["kind"])
-        for kind, n in sorted(obs.other.items()):
-            c.add_metric([kind], n)
-        yield c
+        yield _counter("retention_messages", "Messages read from the input and clock topics",
+                       ["topic"], obs.messages_by_topic)
+        yield _counter("retention_events", "Events applied by the engine, by type", ["type"],
+                       obs.events_by_type)
+        yield _counter("retention_dead_letters", "Messages sent to a dead-letter topic, by "
+                       "source topic and stage", ["topic", "stage"], obs.dead_letters)
+        yield _counter("retention_segment_changes", "Segment entries and exits",
+                       ["segment", "change"], obs.segment_changes)
+        yield _counter("retention_engine_events", "Other engine counts (late events, "
+                       "duplicates, timers fired, erasures ...)", ["kind"], obs.other)
         g = GaugeMetricFamily("retention_consumer_lag_records", "Records not yet read",
                               labels=["topic", "partition"])
         for tp, lag in sorted(obs.lag(self.app).items()):

@@ -36,6 +36,7 @@ import logging
 import os
 import time
 from collections import deque
+from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
@@ -383,6 +384,14 @@ class WebSurface:
         urls.add(self.url)
         return sorted(str(u).rstrip("/") for u in urls)
 
+    async def scoped(self, request: Request, path: str, doc: dict,
+                     merge: Callable[[dict, list[dict], list[dict]], dict]) -> dict:
+        """``doc`` of this worker, or with ``?scope=cluster`` merged with every worker's."""
+        if request.query.get("scope") != "cluster":
+            return doc
+        others, errors = await self.gather(path, request)
+        return merge(doc, others, errors)
+
     async def gather(self, path: str, request: Request) -> tuple[list[dict], list[dict]]:
         """GET ``path?scope=worker`` from every worker; (documents, errors)."""
         headers = {}
@@ -562,10 +571,8 @@ def register_views(app: Any, topology: Any, settings: Any, *,
             if (denied := surface.denied(self, request)) is not None:
                 return denied
             exact = request.query.get("exact") in ("1", "true", "yes")
-            doc = surface.segments(exact=exact)
-            if request.query.get("scope") == "cluster":
-                others, errors = await surface.gather("/segments", request)
-                doc = merge_segments(doc, others, errors)
+            doc = await surface.scoped(request, "/segments", surface.segments(exact=exact),
+                                       merge_segments)
             return json_response(self, 200, doc)
 
     @app.page("/models", name="retention_models")
@@ -580,10 +587,7 @@ def register_views(app: Any, topology: Any, settings: Any, *,
         async def get(self, request: Request) -> Response:
             if (denied := surface.denied(self, request)) is not None:
                 return denied
-            doc = surface.flow()
-            if request.query.get("scope") == "cluster":
-                others, errors = await surface.gather("/flow", request)
-                doc = merge_flow(doc, others, errors)
+            doc = await surface.scoped(request, "/flow", surface.flow(), merge_flow)
             return json_response(self, 200, doc)
 
     @app.page("/dashboard", name="retention_dashboard")
