@@ -2,24 +2,29 @@
 
 One agent reads the three input topics and the clock topic (co-partitioned, so partition
 *p* of all four belongs to the same customers and the same engine), with concurrency 1, in
-batches: ``stream.take_events(RETENTION_BATCH_MAX, within=RETENTION_BATCH_WITHIN)``.
+batches: :func:`streams.batching.take_ready` (natural batching: whatever has arrived, at most
+``RETENTION_BATCH_MAX`` events; ``RETENTION_BATCH_WITHIN`` bounds the wait).
 
 Per event of a batch, in stream order: the partition's :class:`~streams.processor.
 PartitionProcessor` turns the raw bytes into segment changes or a dead letter (a clock tick
-moves the partition's event time), and what comes out is handed to the producer without
-waiting. State changes stay in the partition's write-back cache (:class:`~streams.state.
+moves the partition's event time), and what comes out is handed to a producer without
+waiting (changes to the batching output producer, :mod:`streams.outputs`; dead letters to
+Faust's). State changes stay in the partition's write-back cache (:class:`~streams.state.
 TableStore`); a dead-lettered event's changes are rolled back there, key by key, without
 touching those of the other events of the batch.
 
-At the end of the batch: every send is awaited; then, per partition, each changed customer
-is written to the table once and the partition meta after them, with that partition's last
-event of the batch as Faust's current event (Faust's RocksDB store and the changelog take
-the partition from it). Only then does ``take_events`` ack the batch. Faust flushes its
-producer before it commits offsets (``faust/transport/consumer.py``, ``Consumer.
-_commit_offsets``: ``await self.app.producer.flush()`` before ``self._commit(...)``, reached
-from ``commit`` -> ``force_commit`` -> ``_commit_tps``; the table writes are queued on the
-same producer by ``Table.send_changelog`` -> ``changelog_topic.send_soon``), so a committed
-offset always has its state and outputs on the broker (at-least-once; replays are skipped
+The state is flushed at most once per ``RETENTION_FLUSH_INTERVAL`` (and at once when Faust
+rebalances or stops, since it then waits for every event taken to be acked), covering all
+the batches since the previous flush (:meth:`Topology.flush`): every send is awaited; then,
+per partition, each changed customer is written to the table once and the partition meta
+after them, with that partition's last event as Faust's current event (Faust's RocksDB
+store and the changelog take the partition from it). Only then are the events acked, so
+only then can Faust commit their offsets. Faust flushes its producer before it commits
+offsets (``faust/transport/consumer.py``, ``Consumer._commit_offsets``: ``await
+self.app.producer.flush()`` before ``self._commit(...)``, reached from ``commit`` ->
+``force_commit`` -> ``_commit_tps``; the table writes are queued on the same producer by
+``Table.send_changelog`` -> ``changelog_topic.send_soon``), so a committed offset always
+has its state and outputs on the broker (at-least-once; replays are skipped
 exactly by the per-customer source positions in the state).
 """
 
@@ -41,6 +46,8 @@ from faust.types import TP
 
 from models.partitioning import partition_for
 from streams import topics as T
+from streams.batching import take_ready
+from streams.outputs import create_output_producer
 from streams.processor import Message, PartitionProcessor
 from streams.settings import APP_VERSION, Settings
 from streams.state import PartitionMeta, TableStore, partition_keys
@@ -90,6 +97,7 @@ class Topology:
         p = settings.partitions
         name = settings.topic
         self.input_names = [name(t) for t in T.INPUT_TOPICS]
+        self._input_set = frozenset(self.input_names)
         self.clock_name = name(T.CLOCK_TOPIC)
         self.source = app.topic(*self.input_names, self.clock_name, partitions=p, **RAW)
         self.clock = app.topic(self.clock_name, partitions=p, **RAW)
@@ -98,6 +106,13 @@ class Topology:
         self.changes = app.topic(name(T.SEGMENT_CHANGES), partitions=p, **RAW)
         self.segment_topics = {seg: app.topic(name(T.segment_topic(seg)), partitions=p, **RAW)
                                for seg in self.catalog.segments}
+        # changes and their per-segment copies go through the output producer (batched
+        # even on the embedded broker, see streams/outputs.py); dead letters through
+        # Faust's topics (the web sensor counts them on send)
+        self.changes_name = name(T.SEGMENT_CHANGES)
+        self.segment_topic_names = {seg: name(T.segment_topic(seg))
+                                    for seg in self.catalog.segments}
+        self.outputs = create_output_producer(app)
         self.customers = app.Table(T.TABLE_CUSTOMERS, partitions=p, key_type=bytes,
                                    value_type=None)
         # the partition's engine meta (clock, counters, store metrics) lives in the customers
@@ -110,7 +125,14 @@ class Topology:
         self.runtimes: dict[int, Runtime] = {}
         self.stats: dict[str, int] = {"messages": 0, "processed": 0, "dead_lettered": 0,
                                       "skipped": 0, "changes": 0, "ticks": 0, "errors": 0,
-                                      "batches": 0}
+                                      "batches": 0, "flushes": 0}
+        # what the batches since the last flush left to finish: deliveries to await,
+        # partitions whose changed customers are to be written, events to ack (in order)
+        self._sends: list[tuple[Any, Any]] = []
+        self._touched: dict[int, _Touched] = {}
+        self._unacked: list[Any] = []
+        self._last_flush = time.monotonic()
+        self.ack: Any = None            # ``stream.ack`` of the ingest agent (set there)
 
 
     # -- runtimes --------------------------------------------------------------------
@@ -177,8 +199,15 @@ class Topology:
         rt.last_snapshot = now
 
     def forget(self, partitions: set[int]) -> None:
+        """Drop what this worker holds for revoked partitions. Faust waited for every event
+        taken to be acked before revoking (so they were flushed); whatever is left (a failed
+        flush) is dropped unacked: the new owner replays it from the committed offset."""
         for p in partitions:
             self.runtimes.pop(p, None)
+            self._touched.pop(p, None)
+        if self._unacked:
+            self._unacked = [ev for ev in self._unacked
+                             if ev.message.partition not in partitions]
 
     def max_event_time(self) -> float | None:
         times = [rt.processor.engine.clock.max_seen for rt in self.runtimes.values()]
@@ -202,6 +231,31 @@ class Topology:
                 return False
         return True
 
+    def backlog(self) -> bool:
+        """More than a batch of input is known to wait on the broker (fetched high-water
+        marks against the offsets read, over this worker's input partitions): the ingest
+        batches then fill up instead of going as soon as the fetched records are taken."""
+        consumer = self.app.consumer
+        read = getattr(consumer, "_read_offset", None)
+        if not read:
+            return False
+        lag = 0
+        limit = self.settings.batch_max
+        inputs = self._input_set
+        for tp in consumer.assignment():
+            if tp.topic not in inputs:
+                continue
+            try:
+                hw = consumer.highwater(tp)
+            except Exception:  # noqa: BLE001 - unknown: no backlog
+                continue
+            pos = read.get(tp)
+            if hw and pos is not None:
+                lag += hw - pos - 1
+                if lag > limit:
+                    return True
+        return False
+
     # -- per batch -------------------------------------------------------------------
     async def on_batch(self, events: Sequence[Any]) -> None:
         """Everything for one batch of consumed events (Faust ``EventT``s, in stream order).
@@ -211,8 +265,8 @@ class Topology:
         or dead letter are handed to the producer without waiting. Then all sends are
         awaited, and each partition's changed customers are written to the table once, its
         meta after them (see :meth:`_flush`)."""
-        sends: list[tuple[Any, Any]] = []          # (delivery future, input message)
-        touched: dict[int, _Touched] = {}
+        sends = self._sends                        # (delivery future, input message)
+        touched = self._touched
         stats = self.stats
         set_event = _current_event.set
         clock_name = self.clock_name
@@ -260,15 +314,50 @@ class Topology:
                     rt.store.rollback()              # if it failed before commit
                 if msg.topic in self.dlq:
                     await self._dead_letter_unexpected(msg, exc)
+        self._unacked.extend(events)
+        if self.flush_due():
+            await self.flush()
+
+    def flush_due(self) -> bool:
+        """Time to flush: the flush interval has passed since the last one, or Faust is
+        rebalancing or stopping (it waits for every event taken to be acked)."""
+        if not self._unacked and not self._touched:
+            return False
+        if time.monotonic() - self._last_flush >= self.settings.flush_interval:
+            return True
+        return self.app.should_stop or not self.app.flow_control.is_active()
+
+    async def on_idle(self) -> None:
+        """No event for a while: finish what is due (see :meth:`flush_due`)."""
+        if self.flush_due():
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Finish the batches since the last flush, in this order: every output delivered;
+        per partition, each changed customer written to the table once, its meta after
+        them (:meth:`_flush`); then every event acked, so that Faust can commit its offset.
+        Never raises (except cancellation)."""
+        sends, self._sends = self._sends, []
+        touched, self._touched = self._touched, {}
+        events, self._unacked = self._unacked, []
+        self._last_flush = time.monotonic()
+        self.stats["flushes"] += 1
         if sends:
             await self._await_sends(sends)
+        set_event = _current_event.set
         for p, t in touched.items():
+            if p not in self.runtimes:
+                continue                             # revoked meanwhile: replayed elsewhere
             set_event(weakref.ref(t.event))
             try:
                 self._flush(t)
-            except Exception:  # noqa: BLE001 - the keys stay dirty: the next batch retries
-                stats["errors"] += 1
+            except Exception:  # noqa: BLE001 - the keys stay dirty: the next flush retries
+                self.stats["errors"] += 1
                 log.exception("writing the state of partition %d failed", p)
+        ack = self.ack
+        if ack is not None:
+            for ev in events:
+                await ack(ev)
 
     async def _await_sends(self, sends: list[tuple[Any, Any]]) -> None:
         """Wait until every output of the batch is delivered. An input message whose output
@@ -385,16 +474,18 @@ class Topology:
                             sends: list[tuple[Any, Any]]) -> None:
         """Hand the changes (and their per-segment copies) to the producer; their delivery
         is awaited at the end of the batch."""
-        segment_topics = self.segment_topics
+        names = self.segment_topic_names
+        send = self.outputs.send
+        changes = self.changes_name
         for change in outputs:
             key = change["customer_id"].encode("utf-8")
             body = orjson.dumps(change)
-            sends.append((await self.changes.send(key=key, value=body), msg))
+            sends.append((await send(changes, key, body), msg))
             segment = change.get("segment")
-            for name in ([segment] if segment else change.get("previous_segments", ())):
-                topic = segment_topics.get(name)
+            for seg in ([segment] if segment else change.get("previous_segments", ())):
+                topic = names.get(seg)
                 if topic is not None:
-                    sends.append((await topic.send(key=key, value=body), msg))
+                    sends.append((await send(topic, key, body), msg))
         self.stats["changes"] += len(outputs)
 
     def _flush(self, t: _Touched) -> None:
@@ -443,10 +534,14 @@ def register(app: faust.App, settings: Settings) -> Topology:
 
     @app.agent(topo.source, name="ingest", concurrency=1)
     async def ingest(stream: faust.StreamT) -> None:
-        # take_events acks the batch after this body (and in its ``finally``, whatever
-        # happens): so on_batch never raises, and a batch that has begun is finished even
-        # if the agent is cancelled (a stop), rather than acked with its state unwritten
-        async for events in stream.take_events(batch_max, within=within):
+        # the topology acks the events itself, after the flush that wrote their state
+        # (Topology.flush, at most every RETENTION_FLUSH_INTERVAL, at once when Faust
+        # rebalances or stops); on_batch never raises, and a batch that has begun is
+        # finished and flushed even if the agent is cancelled (a stop)
+        topo.ack = stream.ack
+        async for events in take_ready(stream, batch_max, within=within,
+                                       backlog=topo.backlog, ack=False,
+                                       on_idle=topo.on_idle):
             task = asyncio.ensure_future(topo.on_batch(events))
             try:
                 await asyncio.shield(task)
@@ -455,6 +550,7 @@ def register(app: faust.App, settings: Settings) -> Topology:
                     log.info("stopping: finishing the current batch of %d events",
                              len(events))
                     await asyncio.wait({task}, timeout=30.0)
+                await asyncio.wait({asyncio.ensure_future(topo.flush())}, timeout=30.0)
                 raise
 
     @app.on_partitions_revoked.connect

@@ -68,8 +68,10 @@ class Settings:
     commit_interval: float = 1.0
     clock_interval: float = 2.0                   # wall seconds between clock ticks; 0 = off
     max_message_bytes: int = 64 * 1024            # ingest size limit (oversized -> DLQ)
-    batch_max: int = 1000                         # events per ingest batch (state flushed once)
+    batch_max: int = 1000                         # events per ingest batch at most
     batch_within: float = 0.05                    # seconds a partial batch waits for more
+    flush_interval: float = 0.5                   # seconds between state flushes (each changed
+                                                  # customer written once per flush; acks wait)
     log_level: str = "info"
     # the engine (models.config.EngineConfig): event-time rules and money
     store_currency: str = "GBP"
@@ -117,6 +119,7 @@ class Settings:
             max_message_bytes=int(get("MAX_MESSAGE_BYTES", cls.max_message_bytes)),
             batch_max=max(1, int(get("BATCH_MAX", cls.batch_max))),
             batch_within=max(0.001, float(get("BATCH_WITHIN", cls.batch_within))),
+            flush_interval=max(0.0, float(get("FLUSH_INTERVAL", cls.flush_interval))),
             log_level=get("LOG_LEVEL", cls.log_level),
             disable_faust_fixes=_bool(get("DISABLE_FAUST_FIXES"), False),
             store_currency=get("STORE_CURRENCY", cls.store_currency).upper(),

@@ -12,7 +12,7 @@ name                                                   type     labels
 ``retention_dead_letters_total``                       counter  ``topic``, ``stage``
 ``retention_segment_changes_total``                    counter  ``segment``, ``change``
 ``retention_engine_events_total``                      counter  ``kind`` (late, duplicate ...)
-``retention_processing_seconds``                       histog.  (one message: stream in to batch acked)
+``retention_processing_seconds``                       histog.  (one message: stream in to acked after its flush)
 ``retention_consumer_lag_records``                     gauge    ``topic``, ``partition``
 ``retention_watermark_seconds``                        gauge    ``partition`` (event time, epoch)
 ``retention_last_event_time_seconds``                  gauge    ``partition`` (max event time)

@@ -1,0 +1,62 @@
+"""The producer of the worker's outputs: segment changes, their per-segment copies and dead
+letters.
+
+Faust's own producer carries the table changelogs. On the embedded broker it must put one
+record in each produce batch (``producer_max_batch_size=1``): Tansu's ListOffsets is wrong
+for a batch of several records, and Faust's table recovery reads the changelog end from it
+(``../shared/BROKER.md``). Nobody recovers anything from the output topics, so they do not
+need that restriction, and paying it costs a lot on Tansu: a produce request to a partition
+that a consumer is reading at its tail costs the broker time that grows with the number of
+batches already in the partition (measured: 0.13 ms of broker CPU per single-record produce
+up to ~20,000 batches, 2-4 ms beyond 25,000; ``bench/tansu_produce_cost.py``). Downstream
+services read the change topics at their tail all the time.
+
+So the outputs go through a second Faust producer, built by the same transport from the
+same settings (bootstrap servers, SASL/SSL credentials, acks, compression), with batching
+as the client's default (``OUTPUT_MAX_BATCH_BYTES``): the changes handed over during a
+batch of input events leave in a few produce requests. On Apache Kafka nothing else
+changes: both producers batch there.
+
+Delivery semantics are unchanged: the agent awaits every output of an input batch before
+the batch is acked, and so before its offsets can be committed (``streams/agents.py``).
+Order per customer is kept: one producer, one partition per key, aiokafka sends one
+request per broker at a time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["OUTPUT_MAX_BATCH_BYTES", "OutputProducer", "create_output_producer"]
+
+#: produce batch size of the output producer (aiokafka's default)
+OUTPUT_MAX_BATCH_BYTES = 16384
+
+
+class OutputProducer:
+    """Sends raw bytes to topics by name through its own Faust producer (started with the
+    App, stopped after the agents: it is the App's first child service)."""
+
+    def __init__(self, producer: Any) -> None:
+        self.producer = producer
+
+    async def send(self, topic: str, key: bytes | None, value: bytes,
+                   partition: int | None = None,
+                   headers: Any = None) -> Any:
+        """Hand one record to the producer; returns the future of its delivery."""
+        producer = self.producer
+        if not producer._started.is_set():       # agents start after it; just in case
+            await producer.maybe_start()
+        return await producer.send(topic, key, value, partition, None, headers)
+
+    async def flush(self) -> None:
+        await self.producer.flush()
+
+
+def create_output_producer(app: Any) -> OutputProducer:
+    """A second producer of ``app``'s transport with batching on, registered as the App's
+    first dependency (so started before and stopped after the agents)."""
+    producer = app.transport.create_producer(beacon=app.beacon)
+    producer.max_batch_size = OUTPUT_MAX_BATCH_BYTES
+    app.add_dependency(producer)
+    return OutputProducer(producer)
