@@ -10,7 +10,10 @@ In one run, on one fresh embedded broker:
    the time that event was handed to the producer. Reports p50 / p95 / p99 / max in ms.
 
 Producer, consumer and clock are in this process (one clock); the worker is its own
-process, as in production.
+process, as in production. The producer batches as Kafka clients do by default (linger
+5 ms, counted in the latency: the time taken is when the event is handed to it);
+``--producer-linger-ms 0`` sends one produce request per event, which on the embedded
+broker costs more as the topics grow (``bench/tansu_produce_cost.py``).
 
     python bench/latency.py --backlog 20000 --seconds 60 --runs 3
     python bench/latency.py --rate 1000 --seconds 60
@@ -33,6 +36,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import _harness as H  # noqa: E402
 
 
+#: the shop's producer batches for up to this long (Kafka clients' default linger: Apache
+#: Kafka 4.0's Java producer and librdkafka both wait 5 ms); set with --producer-linger-ms
+LINGER_MS = 5
+
+
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -41,7 +49,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def offer(bootstrap: str, recs: list[tuple[str, bytes, bytes]], ids: list[str], rate: float,
-                changes_topic: str, settle: float) -> dict:
+                changes_topic: str, settle: float, linger_ms: int = LINGER_MS) -> dict:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
     sent: dict[str, float] = {}
@@ -72,7 +80,7 @@ async def offer(bootstrap: str, recs: list[tuple[str, bytes, bytes]], ids: list[
                         lat.append((now - t) * 1000.0)
 
     reader = asyncio.create_task(read())
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=linger_ms)
     await producer.start()
     t0 = time.monotonic()
     for i, ((topic, key, value), eid) in enumerate(zip(recs, ids)):
@@ -126,7 +134,8 @@ def one_run(args: argparse.Namespace, run: int, work: Path) -> dict:
             recs = H.records(events, s.topic_prefix)
             ids = [e["event_id"] for e in events]
             res = asyncio.run(offer(broker.bootstrap, recs, ids, rate,
-                                    s.topic("segments.changes"), args.settle))
+                                    s.topic("segments.changes"), args.settle,
+                                    args.producer_linger_ms))
         finally:
             worker.stop()
         out.update(res)
@@ -148,6 +157,8 @@ def main() -> None:
     p.add_argument("--customers", type=int, default=5_000)
     p.add_argument("--settle", type=float, default=5.0, help="seconds to wait for late changes")
     p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--producer-linger-ms", type=int, default=LINGER_MS,
+                   help="linger of the producer offering the events (0: one request per event)")
     p.add_argument("--json")
     args = p.parse_args()
     work = H.tmpdir("bench-lat-")
