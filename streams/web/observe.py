@@ -67,8 +67,8 @@ class FlowSensor(Sensor):
         super().__init__(**kwargs)
         self.observer = observer
         # when each message in flight entered the stream: the batched agent's acks
-        # (``Stream.ack`` from ``take_events``) call on_stream_event_out without the state
-        # that on_stream_event_in returned
+        # (``Stream.ack`` after a flush, streams/agents.py) call on_stream_event_out
+        # without the state that on_stream_event_in returned
         self._entered: dict[tuple[TP, int], float] = {}
 
     def on_message_in(self, tp: TP, offset: int, message: Any) -> None:
