@@ -75,10 +75,10 @@ class Runtime:
 
 @dataclass
 class _Touched:
-    """A partition seen in the current batch."""
+    """A partition seen since the last flush."""
 
     rt: Runtime
-    event: Any                                   # its last Faust event in the batch
+    event: Any                                   # its last Faust event since the last flush
     keys: dict[str, None] = field(default_factory=dict)   # event keys, by last event
 
 
@@ -109,9 +109,9 @@ class Topology:
         # changes and their per-segment copies go through the output producer (batched
         # even on the embedded broker, see streams/outputs.py); dead letters through
         # Faust's topics (the web sensor counts them on send)
-        self.changes_name = name(T.SEGMENT_CHANGES)
-        self.segment_topic_names = {seg: name(T.segment_topic(seg))
-                                    for seg in self.catalog.segments}
+        self.changes_name = self.changes.get_topic_name()
+        self.segment_topic_names = {seg: t.get_topic_name()
+                                    for seg, t in self.segment_topics.items()}
         self.outputs = create_output_producer(app)
         self.customers = app.Table(T.TABLE_CUSTOMERS, partitions=p, key_type=bytes,
                                    value_type=None)
@@ -214,43 +214,33 @@ class Topology:
         known = [t for t in times if t is not None]
         return max(known) if known else None
 
-    def caught_up(self, partition: int) -> bool:
-        """No known backlog on the partition's input topics (a tick must not overtake it)."""
+    def _read_positions(self, tps: Any) -> Any:
+        """``(tp, high-water mark, offset last read or None)`` for each of ``tps`` whose
+        fetched high-water mark is known and positive (an unknown one is no backlog)."""
         consumer = self.app.consumer
-        read = getattr(consumer, "_read_offset", {})
-        for topic in self.input_names:
-            tp = TP(topic, partition)
+        read = getattr(consumer, "_read_offset", None) or {}
+        for tp in tps:
             try:
                 hw = consumer.highwater(tp)
-            except Exception:  # noqa: BLE001 - unknown: do not block time
+            except Exception:  # noqa: BLE001 - unknown: no backlog known
                 continue
-            if hw is None or hw <= 0:
-                continue
-            pos = read.get(tp)
-            if pos is None or hw - pos > 1:
-                return False
-        return True
+            if hw is not None and hw > 0:
+                yield tp, hw, read.get(tp)
+
+    def caught_up(self, partition: int) -> bool:
+        """No known backlog on the partition's input topics (a tick must not overtake it)."""
+        return all(pos is not None and hw - pos <= 1 for _, hw, pos in
+                   self._read_positions(TP(topic, partition) for topic in self.input_names))
 
     def backlog(self) -> bool:
         """More than a batch of input is known to wait on the broker (fetched high-water
         marks against the offsets read, over this worker's input partitions): the ingest
         batches then fill up instead of going as soon as the fetched records are taken."""
-        consumer = self.app.consumer
-        read = getattr(consumer, "_read_offset", None)
-        if not read:
-            return False
-        lag = 0
-        limit = self.settings.batch_max
         inputs = self._input_set
-        for tp in consumer.assignment():
-            if tp.topic not in inputs:
-                continue
-            try:
-                hw = consumer.highwater(tp)
-            except Exception:  # noqa: BLE001 - unknown: no backlog
-                continue
-            pos = read.get(tp)
-            if hw and pos is not None:
+        lag, limit = 0, self.settings.batch_max
+        for _, hw, pos in self._read_positions(
+                tp for tp in self.app.consumer.assignment() if tp.topic in inputs):
+            if pos is not None:
                 lag += hw - pos - 1
                 if lag > limit:
                     return True
@@ -262,9 +252,8 @@ class Topology:
         Never raises (except cancellation): Faust acks the batch whatever happens.
 
         Per event, in order: the processor runs (or the clock tick), and its segment changes
-        or dead letter are handed to the producer without waiting. Then all sends are
-        awaited, and each partition's changed customers are written to the table once, its
-        meta after them (see :meth:`_flush`)."""
+        or dead letter are handed to a producer without waiting. The events are acked by
+        the next :meth:`flush` (now, if one is due)."""
         sends = self._sends                        # (delivery future, input message)
         touched = self._touched
         stats = self.stats
@@ -360,9 +349,9 @@ class Topology:
                 await ack(ev)
 
     async def _await_sends(self, sends: list[tuple[Any, Any]]) -> None:
-        """Wait until every output of the batch is delivered. An input message whose output
-        could not be delivered is dead-lettered (stage ``processing``), as before batching:
-        its state stays (it is written with the batch)."""
+        """Wait until every output since the last flush is delivered. An input message whose
+        output could not be delivered is dead-lettered (stage ``processing``), as before
+        batching: its state stays (it is written by this flush)."""
         results = await asyncio.gather(*(f for f, _ in sends), return_exceptions=True)
         failed: dict[tuple[str, int, int], tuple[Any, BaseException]] = {}
         for (_, msg), res in zip(sends, results):
@@ -472,8 +461,8 @@ class Topology:
 
     async def _send_changes(self, outputs: list[dict], msg: Any,
                             sends: list[tuple[Any, Any]]) -> None:
-        """Hand the changes (and their per-segment copies) to the producer; their delivery
-        is awaited at the end of the batch."""
+        """Hand the changes (and their per-segment copies) to the output producer; their
+        delivery is awaited by the next flush."""
         names = self.segment_topic_names
         send = self.outputs.send
         changes = self.changes_name
@@ -489,10 +478,10 @@ class Topology:
         self.stats["changes"] += len(outputs)
 
     def _flush(self, t: _Touched) -> None:
-        """Write the partition's changed customers once each (the keys of the batch's events
+        """Write the partition's changed customers once each (the keys of the flushed events
         last, in the order of their last event), then its meta. Runs with the partition's
-        last event of the batch as Faust's current event: Faust's RocksDB store and the
-        changelog take the partition from it."""
+        last event since the previous flush as Faust's current event: Faust's RocksDB store
+        and the changelog take the partition from it."""
         rt = t.rt
         engine = rt.processor.engine
         dirty = engine.dirty_keys()

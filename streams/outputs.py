@@ -1,5 +1,5 @@
-"""The producer of the worker's outputs: segment changes, their per-segment copies and dead
-letters.
+"""The producer of the worker's outputs: segment changes and their per-segment copies (dead
+letters stay on Faust's producer, where the web sensor counts them).
 
 Faust's own producer carries the table changelogs. On the embedded broker it must put one
 record in each produce batch (``producer_max_batch_size=1``): Tansu's ListOffsets is wrong
@@ -17,8 +17,9 @@ as the client's default (``OUTPUT_MAX_BATCH_BYTES``): the changes handed over du
 batch of input events leave in a few produce requests. On Apache Kafka nothing else
 changes: both producers batch there.
 
-Delivery semantics are unchanged: the agent awaits every output of an input batch before
-the batch is acked, and so before its offsets can be committed (``streams/agents.py``).
+Delivery semantics are unchanged: the agent awaits every output before it acks the events
+that caused them, and so before their offsets can be committed (``Topology.flush`` in
+``streams/agents.py``).
 Order per customer is kept: one producer, one partition per key, aiokafka sends one
 request per broker at a time.
 """
@@ -40,17 +41,13 @@ class OutputProducer:
     def __init__(self, producer: Any) -> None:
         self.producer = producer
 
-    async def send(self, topic: str, key: bytes | None, value: bytes,
-                   partition: int | None = None,
-                   headers: Any = None) -> Any:
-        """Hand one record to the producer; returns the future of its delivery."""
+    async def send(self, topic: str, key: bytes | None, value: bytes) -> Any:
+        """Hand one record to the producer (partition by key); returns the future of its
+        delivery."""
         producer = self.producer
         if not producer._started.is_set():       # agents start after it; just in case
             await producer.maybe_start()
-        return await producer.send(topic, key, value, partition, None, headers)
-
-    async def flush(self) -> None:
-        await self.producer.flush()
+        return await producer.send(topic, key, value, None, None, None)
 
 
 def create_output_producer(app: Any) -> OutputProducer:
