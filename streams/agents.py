@@ -47,6 +47,7 @@ from faust.types import TP
 from models.partitioning import partition_for
 from streams import topics as T
 from streams.batching import take_ready
+from streams.continuity import StartGuard
 from streams.outputs import create_output_producer
 from streams.processor import Message, PartitionProcessor
 from streams.settings import APP_VERSION, Settings
@@ -125,13 +126,16 @@ class Topology:
         self.runtimes: dict[int, Runtime] = {}
         self.stats: dict[str, int] = {"messages": 0, "processed": 0, "dead_lettered": 0,
                                       "skipped": 0, "changes": 0, "ticks": 0, "errors": 0,
-                                      "batches": 0, "flushes": 0}
+                                      "batches": 0, "flushes": 0, "held": 0}
         # what the batches since the last flush left to finish: deliveries to await,
         # partitions whose changed customers are to be written, events to ack (in order)
         self._sends: list[tuple[Any, Any]] = []
         self._touched: dict[int, _Touched] = {}
         self._unacked: list[Any] = []
         self._last_flush = time.monotonic()
+        # the first record of each input partition after an assignment must be at the
+        # committed offset (streams/continuity.py: records skipped after a rebalance)
+        self.guard = StartGuard()
         self.ack: Any = None            # ``stream.ack`` of the ingest agent (set there)
 
 
@@ -153,6 +157,9 @@ class Topology:
         meta = self.meta.get(str(partition).encode())
         if meta:
             engine.import_meta(meta)
+        committed = getattr(self.app.consumer, "_committed_offset", {})
+        for topic in self.input_names:
+            self.guard.expect(topic, partition, committed.get(TP(topic, partition)))
         indexed = engine.rebuild_index(keys)
         engine.clear_dirty()
         store._trim()
@@ -205,6 +212,7 @@ class Topology:
         for p in partitions:
             self.runtimes.pop(p, None)
             self._touched.pop(p, None)
+            self.guard.forget(p)
         if self._unacked:
             self._unacked = [ev for ev in self._unacked
                              if ev.message.partition not in partitions]
@@ -267,6 +275,7 @@ class Topology:
             if ev.message.topic != clock_name:
                 last_input[ev.message.partition] = i
         stats["batches"] += 1
+        held: list[Any] = []                       # not processed: to be read again
         for i, ev in enumerate(events):
             msg = ev.message
             stats["messages"] += 1
@@ -283,6 +292,16 @@ class Topology:
                 else:
                     rt = t.rt
                     t.event = ev
+                if msg.topic != clock_name:
+                    verdict = self.guard.check(msg.topic, p, msg.offset)
+                    if verdict == "gap":
+                        log.error("input %s[%d]: no records from offset %d to %d on reading "
+                                  "again; going on from %d", msg.topic, p,
+                                  *self.guard.last_gap[2:], msg.offset)
+                    elif verdict != "ok":
+                        held.append(ev)
+                        await self._hold(msg, verdict)
+                        continue
                 rt.positions[msg.topic] = msg.offset
                 if msg.topic == clock_name:
                     if last_input.get(p, -1) < i:
@@ -303,9 +322,32 @@ class Topology:
                     rt.store.rollback()              # if it failed before commit
                 if msg.topic in self.dlq:
                     await self._dead_letter_unexpected(msg, exc)
-        self._unacked.extend(events)
+        if held:
+            self._unacked.extend(ev for ev in events if all(ev is not h for h in held))
+        else:
+            self._unacked.extend(events)
         if self.flush_due():
             await self.flush()
+
+    async def _hold(self, msg: Any, verdict: str) -> None:
+        """A record after a gap at the start of a partition (see streams/continuity.py): it
+        is neither processed nor acked (Faust forgets it, so that a rebalance does not wait
+        for it); on ``rewind`` the topic-partition is sought back to the committed offset."""
+        self.stats["held"] += 1
+        unacked = getattr(self.app.consumer, "_unacked_messages", None)
+        if unacked is not None:
+            unacked.discard(msg)
+        if verdict != "rewind":
+            return
+        tp = TP(msg.topic, msg.partition)
+        to = self.guard.rewind_to(msg.topic, msg.partition)
+        log.warning("input %s[%d] starts at offset %d after an assignment, the committed "
+                    "offset is %d: records in between were not delivered; reading again "
+                    "from %d", msg.topic, msg.partition, msg.offset, to, to)
+        try:
+            await self.app.consumer.seek(tp, to)
+        except Exception:  # noqa: BLE001 - the next held record retries
+            log.exception("seeking %s back to %d failed", tp, to)
 
     def flush_due(self) -> bool:
         """Time to flush: the flush interval has passed since the last one, or Faust is

@@ -177,9 +177,16 @@ async def _on_recovery_completed(self: Any, generation_id: int = 0) -> None:
 
 async def _fetch_records(self: Any, consumer: Any, active_partitions: Any,
                          timeout: float | None = None, max_records: int | None = None) -> Any:
-    """``AIOKafkaConsumerThread._fetch_records`` on a snapshot of the active partitions, and
-    no fetch at all when none is active (aiokafka would return every partition's records)."""
-    if not self.consumer.flow_active:
+    """``AIOKafkaConsumerThread._fetch_records`` on a snapshot of the active partitions, no
+    fetch at all when none is active (aiokafka would return every partition's records), and
+    no fetch that outlives a rebalance: records are taken from aiokafka only while no
+    reassignment is in progress, the flow is active and the generation is the one the fetch
+    began in (the wait for new records is done here, between such checks)."""
+    import asyncio
+    import time
+
+    faust_consumer = self.consumer
+    if not faust_consumer.flow_active:
         return {}
     partitions = None if active_partitions is None else frozenset(active_partitions)
     if partitions is not None and not partitions:
@@ -187,11 +194,33 @@ async def _fetch_records(self: Any, consumer: Any, active_partitions: Any,
     from aiokafka.errors import ConsumerStoppedError
 
     fetcher = consumer._fetcher
-    if consumer._closed or fetcher._closed:
-        raise ConsumerStoppedError()
-    with fetcher._subscriptions.fetch_context():
-        return await fetcher.fetched_records(partitions, timeout=timeout,
-                                             max_records=max_records)
+    subscriptions = fetcher._subscriptions
+    app = faust_consumer.app
+    generation = app.consumer_generation_id
+    deadline = time.monotonic() + (timeout or 0.0)
+    while True:
+        if consumer._closed or fetcher._closed:
+            raise ConsumerStoppedError()
+        if (subscriptions.reassignment_in_progress or not faust_consumer.flow_active
+                or app.consumer_generation_id != generation):
+            return {}
+        with subscriptions.fetch_context():
+            # timeout 0: drains what is buffered, without aiokafka's own waits (among them
+            # the wait for a new assignment, after which it would hand out the new
+            # generation's records to a fetch of the old one)
+            drained = await fetcher.fetched_records(partitions, timeout=0,
+                                                    max_records=max_records)
+        if drained:
+            return drained
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return {}
+        waiter = fetcher._create_fetch_waiter()
+        done, pending = await asyncio.wait([waiter], timeout=remaining)
+        for fut in pending:
+            fut.cancel()
+        if waiter.done() and not waiter.cancelled():
+            waiter.result()                   # authorization errors, as aiokafka does
 
 
 def apply_faust_fixes(strict: bool = True) -> None:

@@ -143,30 +143,47 @@ def check_consistency(bootstrap: str, settings: Settings,
                          f"{src[i]['trigger']} at {src[i]['at']}" for i in sorted(ids)[:6])
 
     by_id = {c["event_id"]: c for c in got_records}
-    assert not missing, f"{len(missing)} of {len(want)} changes lost: {show(missing, want)}"
-    assert not unexpected, (f"{len(unexpected)} changes the replay does not have: "
-                            f"{show(unexpected, by_id)}")
-    assert not differing, (f"{len(differing)} copies differ from the replay, e.g. "
-                           f"{differing[0]} vs {want[differing[0]['event_id']]}")
+    problems: list[str] = []
+    suspects: list[str] = []            # customers to explain, first problem first
+    if missing:
+        problems.append(f"{len(missing)} of {len(want)} changes lost: {show(missing, want)}")
+        suspects += [want[i]["customer_id"] for i in sorted(missing)]
+    if unexpected:
+        problems.append(f"{len(unexpected)} changes the replay does not have: "
+                        f"{show(unexpected, by_id)}")
+        suspects += [by_id[i]["customer_id"] for i in sorted(unexpected)]
+    if differing:
+        problems.append(f"{len(differing)} copies differ from the replay, e.g. "
+                        f"{differing[0]} vs {want[differing[0]['event_id']]}")
+        suspects.append(differing[0]["customer_id"])
+    # the table is checked too, so that a failure shows every symptom at once
     table = table_from_changelog(bootstrap, f"{settings.app_id}-customers-changelog")
     lost_keys = set(expected_states) - set(table)
     extra_keys = set(table) - set(expected_states)
-    assert not lost_keys and not extra_keys, (sorted(lost_keys)[:5], sorted(extra_keys)[:5])
-    wrong = [k for k, s in expected_states.items() if comparable(table[k]) != comparable(s)]
+    if lost_keys or extra_keys:
+        problems.append(f"table keys lost {sorted(lost_keys)[:5]}, extra {sorted(extra_keys)[:5]}")
+    wrong = [k for k, s in expected_states.items()
+             if k in table and comparable(table[k]) != comparable(s)]
     if wrong:
         k = wrong[0]
         diff = {f: (table[k].get(f), v) for f, v in comparable(expected_states[k]).items()
                 if table[k].get(f) != v}
-        raise AssertionError(f"{len(wrong)} customers differ from the replay, e.g. {k}: "
-                             f"(table, replay) {diff}\n" + _explain(bootstrap, settings, sent, k))
+        problems.append(f"{len(wrong)} customers differ from the replay ({sorted(wrong)[:8]}), "
+                        f"e.g. {k}: (table, replay) {diff}")
+        suspects.append(k)
+    if problems:
+        key = suspects[0] if suspects else None
+        raise AssertionError("\n".join(problems) + (
+            "\n" + _explain(bootstrap, settings, sent, key, want) if key else ""))
     return {"events": len(lines), "changes": len(want), "records": len(got_records),
             "duplicates": len(got_records) - len(copies), "customers": len(expected_states)}
 
 
 def _explain(bootstrap: str, settings: Settings, sent: list[tuple[int, int, bytes]],
-             key: str) -> str:
-    """For a failure: the key's input events and its changelog records, in order (a lost
-    event shows as an input offset that no changelog position ever covered)."""
+             key: str, want: dict[str, dict]) -> str:
+    """For a failure: the key's input events, its changelog records and its changes (emitted
+    and replayed), in order (a lost event shows as an input offset that no changelog
+    position ever covered; an emitted change carries its cause and its send time)."""
     out = [f"input events of {key}:"]
     for p, off, line in sorted(sent):
         ev = orjson.loads(line)
@@ -178,9 +195,22 @@ def _explain(bootstrap: str, settings: Settings, sent: list[tuple[int, int, byte
                     key=lambda r: (r.partition, r.offset)):
         if r.key == key.encode():
             v = orjson.loads(r.value) if r.value is not None else None
-            out.append(f"  cl p{r.partition}@{r.offset} " + ("TOMBSTONE" if v is None else
-                       f"events={v['events']} first={v['first_seen_at']} pos={v['positions']} "
-                       f"retired={v['retired']} seen={v['seen_ids'][-3:]}"))
+            out.append(f"  cl p{r.partition}@{r.offset} ts={r.timestamp} " + (
+                "TOMBSTONE" if v is None else
+                f"events={v['events']} first={v['first_seen_at']} pos={v['positions']} "
+                f"retired={v['retired']} seen={v['seen_ids'][-3:]}"))
+    out.append(f"changes of {key} emitted (ts, in replay?):")
+    for r in read_topic(bootstrap, settings.topic("segments.changes")):
+        c = orjson.loads(r.value)
+        if c["customer_id"] == key:
+            out.append(f"  p{r.partition}@{r.offset} ts={r.timestamp} {c['segment']} "
+                       f"{c['change']} {c['trigger']} at {c['at']} cause={c.get('cause_event_id')} "
+                       f"{'ok' if c['event_id'] in want else 'EXTRA'}")
+    out.append(f"changes of {key} in the replay:")
+    for c in want.values():
+        if c["customer_id"] == key:
+            out.append(f"  {c['segment']} {c['change']} {c['trigger']} at {c['at']} "
+                       f"cause={c.get('cause_event_id')}")
     return "\n".join(out)
 
 
