@@ -71,6 +71,32 @@ records, taken over from the SIGTERMed worker); the worker never read that parti
 (in the first run not even after its next recovery, which opens the same window again).
 With this fix: 0 of 13.
 
+A fetch of the previous generation handing out the new one's records (found with the fault test)
+==================================================================================================
+
+With two workers, after an eager rebalance gave a running worker back the same partitions,
+its agent's first record of a partition was 221 to 245 offsets past the committed one (2 of
+44 instrumented runs of the two-worker fault test, 2 of 28 runs before; e.g. committed 442,
+first record 663). The
+records in between never reached Faust's read loop. Instrumented (every ``getmany`` batch,
+every seek, every queue clear logged): none was yielded, none was cleared, and the first
+batch after the seek started at 663. How: a fetch begun in the old generation, with the
+partition in its snapshot, waits inside aiokafka's ``fetched_records``; that method waits
+for the reassignment to finish and then drains what aiokafka has prefetched for the new
+assignment (from the committed offset). Faust's ``getmany`` gets the records while its own
+recovery still has the partition paused, drops them (the partition is not active) -- after
+aiokafka has moved its position past them. The later seek to the committed offset does not
+help when the drain comes after it; the agent then starts at the end of that fetch, and the
+customer state written from there holds a source position past the lost records, so even a
+later replay skips them as applied (26 page views of one customer, in the run analysed).
+
+The fix: the patched ``_fetch_records`` waits for new records itself and drains aiokafka
+only with ``timeout=0`` (no wait inside aiokafka), and only while no reassignment is in
+progress, the flow is active and the generation is the one the fetch began in; otherwise it
+returns nothing. Behind it, ``streams/continuity.py`` checks in the agent that the first record
+of each input partition after an assignment is at the committed offset, and reads the
+partition again when it is not (whatever the cause).
+
 The regression tests are ``tests/test_faust_fixes.py`` (both fixes against 0.15.3's own
 methods, no broker), ``tests/test_streams_rebalance.py`` (two worker processes, one is
 SIGTERMed mid-stream, every event is counted) and ``tests/test_faults.py`` (SIGKILLs and
