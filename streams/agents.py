@@ -126,7 +126,7 @@ class Topology:
         self.runtimes: dict[int, Runtime] = {}
         self.stats: dict[str, int] = {"messages": 0, "processed": 0, "dead_lettered": 0,
                                       "skipped": 0, "changes": 0, "ticks": 0, "errors": 0,
-                                      "batches": 0, "flushes": 0, "held": 0}
+                                      "batches": 0, "flushes": 0}
         # what the batches since the last flush left to finish: deliveries to await,
         # partitions whose changed customers are to be written, events to ack (in order)
         self._sends: list[tuple[Any, Any]] = []
@@ -275,7 +275,7 @@ class Topology:
             if ev.message.topic != clock_name:
                 last_input[ev.message.partition] = i
         stats["batches"] += 1
-        held: list[Any] = []                       # not processed: to be read again
+        held: set[int] = set()                     # ids of events not processed: read again
         for i, ev in enumerate(events):
             msg = ev.message
             stats["messages"] += 1
@@ -299,7 +299,7 @@ class Topology:
                                   "again; going on from %d", msg.topic, p,
                                   *self.guard.last_gap[2:], msg.offset)
                     elif verdict != "ok":
-                        held.append(ev)
+                        held.add(id(ev))
                         await self._hold(msg, verdict)
                         continue
                 rt.positions[msg.topic] = msg.offset
@@ -323,7 +323,7 @@ class Topology:
                 if msg.topic in self.dlq:
                     await self._dead_letter_unexpected(msg, exc)
         if held:
-            self._unacked.extend(ev for ev in events if all(ev is not h for h in held))
+            self._unacked.extend(ev for ev in events if id(ev) not in held)
         else:
             self._unacked.extend(events)
         if self.flush_due():
@@ -333,7 +333,6 @@ class Topology:
         """A record after a gap at the start of a partition (see streams/continuity.py): it
         is neither processed nor acked (Faust forgets it, so that a rebalance does not wait
         for it); on ``rewind`` the topic-partition is sought back to the committed offset."""
-        self.stats["held"] += 1
         unacked = getattr(self.app.consumer, "_unacked_messages", None)
         if unacked is not None:
             unacked.discard(msg)
@@ -551,7 +550,8 @@ class Topology:
                 if k.startswith(("entered:", "exited:")):
                     change, name = k.split(":", 1)
                     sizes[name] = sizes.get(name, 0) + (v if change == "entered" else -v)
-        return {"stats": dict(self.stats), "partitions": sorted(self.runtimes),
+        return {"stats": dict(self.stats), "start_guard": dict(self.guard.stats),
+                "partitions": sorted(self.runtimes),
                 "watermarks": {p: rt.processor.engine.clock.watermark
                                for p, rt in self.runtimes.items()},
                 "segment_sizes_since_start": sizes}

@@ -96,13 +96,9 @@ class StartGuard:
         if exp.first_seen is None:          # a gap: read again from the committed offset
             exp.first_seen = offset
             return self._rewind(exp, now)
-        if offset == exp.first_seen and exp.rewinds:
-            # the rewind brought the same first record back: the gap is real
-            del self._expecting[key]
-            self.stats["gaps_accepted"] += 1
-            self.last_gap = (topic, partition, exp.offset, offset)
-            return "gap"
-        if exp.rewinds >= self.max_rewinds:
+        if offset == exp.first_seen or exp.rewinds >= self.max_rewinds:
+            # the rewind brought the same first record back (the gap is real), or the
+            # records never came back: go on from here
             del self._expecting[key]
             self.stats["gaps_accepted"] += 1
             self.last_gap = (topic, partition, exp.offset, offset)

@@ -106,7 +106,9 @@ fixes both *and* those tests pass without it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from typing import Any, cast
 
 __all__ = ["FIXED_VERSION", "apply_faust_fixes", "fixes_applied"]
@@ -155,8 +157,6 @@ async def _resume_streams(self: Any, generation_id: int = 0) -> None:
 
 async def _on_recovery_completed(self: Any, generation_id: int = 0) -> None:
     """``Recovery.on_recovery_completed`` with the seek before the resume (issue 596)."""
-    import asyncio
-
     consumer = self.app.consumer
     self.log.info("Restore complete!")
     await self.app.on_rebalance_complete.send()
@@ -208,9 +208,6 @@ async def _fetch_records(self: Any, consumer: Any, active_partitions: Any,
     no fetch that outlives a rebalance: records are taken from aiokafka only while no
     reassignment is in progress, the flow is active and the generation is the one the fetch
     began in (the wait for new records is done here, between such checks)."""
-    import asyncio
-    import time
-
     faust_consumer = self.consumer
     if not faust_consumer.flow_active:
         return {}
@@ -242,7 +239,7 @@ async def _fetch_records(self: Any, consumer: Any, active_partitions: Any,
         if remaining <= 0:
             return {}
         waiter = fetcher._create_fetch_waiter()
-        done, pending = await asyncio.wait([waiter], timeout=remaining)
+        _, pending = await asyncio.wait([waiter], timeout=remaining)
         for fut in pending:
             fut.cancel()
         if waiter.done() and not waiter.cancelled():

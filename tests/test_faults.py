@@ -131,8 +131,8 @@ def check_consistency(bootstrap: str, settings: Settings,
     lines = [line for _, _, line in sorted(sent)]        # by (partition, offset)
     expected_changes, expected_states = replay(lines, settings.partitions)
     want = {c["event_id"]: c for c in expected_changes}
-    got_records = [orjson.loads(r.value)
-                   for r in read_topic(bootstrap, settings.topic("segments.changes"))]
+    change_records = read_topic(bootstrap, settings.topic("segments.changes"))
+    got_records = [orjson.loads(r.value) for r in change_records]
     copies = Counter(c["event_id"] for c in got_records)
     differing = [c for c in got_records if c["event_id"] in want and c != want[c["event_id"]]]
     missing = set(want) - set(copies)
@@ -174,13 +174,13 @@ def check_consistency(bootstrap: str, settings: Settings,
     if problems:
         key = suspects[0] if suspects else None
         raise AssertionError("\n".join(problems) + (
-            "\n" + _explain(bootstrap, settings, sent, key, want) if key else ""))
+            "\n" + _explain(bootstrap, settings, sent, key, want, change_records) if key else ""))
     return {"events": len(lines), "changes": len(want), "records": len(got_records),
             "duplicates": len(got_records) - len(copies), "customers": len(expected_states)}
 
 
 def _explain(bootstrap: str, settings: Settings, sent: list[tuple[int, int, bytes]],
-             key: str, want: dict[str, dict]) -> str:
+             key: str, want: dict[str, dict], change_records: list) -> str:
     """For a failure: the key's input events, its changelog records and its changes (emitted
     and replayed), in order (a lost event shows as an input offset that no changelog
     position ever covered; an emitted change carries its cause and its send time)."""
@@ -200,7 +200,7 @@ def _explain(bootstrap: str, settings: Settings, sent: list[tuple[int, int, byte
                 f"events={v['events']} first={v['first_seen_at']} pos={v['positions']} "
                 f"retired={v['retired']} seen={v['seen_ids'][-3:]}"))
     out.append(f"changes of {key} emitted (ts, in replay?):")
-    for r in read_topic(bootstrap, settings.topic("segments.changes")):
+    for r in change_records:
         c = orjson.loads(r.value)
         if c["customer_id"] == key:
             out.append(f"  p{r.partition}@{r.offset} ts={r.timestamp} {c['segment']} "
