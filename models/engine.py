@@ -352,6 +352,19 @@ class Engine:
         self._heap = heap
         return len(heap)
 
+    def load_index(self, entries: Iterable[tuple[float, str]]) -> int:
+        """Set the due-time index from ``(due time, key)`` pairs read from a store without
+        loading the states (``streams.state.partition_index``); return its size.
+
+        >>> e = Engine()
+        >>> e.load_index([(20.0, "b"), (10.0, "a")]), e._heap[0]
+        (2, (10.0, 'a'))
+        """
+        heap = [(float(t), str(k)) for t, k in entries]
+        heapq.heapify(heap)
+        self._heap = heap
+        return len(heap)
+
     def dump_state(self) -> bytes:
         """Everything the engine holds (meta and every key's state) as JSON bytes."""
         return orjson.dumps({"meta": self.export_meta(),

@@ -166,3 +166,47 @@ def test_a_linked_visitors_marker_is_written_after_its_customer() -> None:
     views = c1.page_views
     assert engine2.process(later, position=("t", 3)) == []           # skipped by c1's position
     assert engine2.state_of("c1").page_views == views
+
+
+def test_the_due_time_index_is_read_from_rocksdb_without_loading_states(tmp_path) -> None:
+    """A worker starts a partition's engine from ``partition_index``: the timers read from a
+    real Faust RocksDB store (the table's own serializer) are the ones the engine would
+    index after loading every state, and no state is decoded into the cache."""
+    import faust
+
+    from streams.state import META_PREFIX, partition_index
+
+    engine = Engine()
+    s = Shop()
+    for day in range(3):
+        for who in ("a", "b", "c", "d"):
+            engine.process(s.view(who, day))
+        engine.process(s.add("a", day, minute=1))
+        engine.process(s.order("b", day, 30, minute=2))
+    # what Engine.rebuild_index makes of the loaded states (the live heap also holds stale
+    # entries, dropped lazily when they come due)
+    expected = sorted((st.due_at, k) for k, st in engine.store.items() if st.due_at is not None)
+    assert len(expected) >= 4, "the scenario must leave timers"
+    reloaded = Engine()
+    for k, st in engine.store.items():
+        reloaded.store[k] = st
+    reloaded.rebuild_index()
+    assert sorted(reloaded._heap) == expected
+
+    app = faust.App("index-test", store="rocksdb://", datadir=str(tmp_path))
+    table = app.Table("customers", partitions=2, key_type=bytes, value_type=None)
+    store = table.data
+    db = store._db_for_partition(1)
+    for key, state in engine.store.items():
+        db[key.encode()] = store._encode_value(state.to_dict())
+    db[META_PREFIX + b"1"] = store._encode_value(engine.export_meta())
+    db[store.offset_key] = b"42"
+
+    n_keys, timers = partition_index(table, 1, 2)
+    assert n_keys == len(engine.store)
+    assert sorted(timers) == expected
+    assert partition_index(table, 0, 2) == (0, [])
+
+    fresh = Engine(store=TableStore(FreshTable()))
+    assert fresh.load_index(timers) == len(expected)
+    assert sorted(fresh._heap) == expected and fresh._heap[0] == expected[0]
