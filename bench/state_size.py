@@ -10,8 +10,12 @@
      memory added (VmRSS) and bytes per customer;
    - RocksDB through ``rocksdict`` (the library Faust's RocksDB store uses), one database
      per partition like the worker (4): directory size after compaction, write time, and
-     the time a worker spends at assignment reading every key back to rebuild its
-     due-time index (``streams.agents.Topology.runtime`` does this today).
+     two ways for a worker to start a partition's engine, timed in the same run:
+     ``read all``, every key read back and decoded into a ``CustomerState``, then the
+     due-time index rebuilt from them (what ``streams.agents.Topology.runtime`` did until
+     2026-11-23), and ``start``, what it does now: ``streams.state.index_items`` over the
+     partition's database (values decoded by Faust's JSON codec, only the due time kept,
+     no state loaded: ``Engine.load_index``), with the peak memory each adds.
 
     python bench/state_size.py --sample 2000 --days 365 --sizes 100000,1000000
 """
@@ -38,6 +42,7 @@ from models.engine import Engine  # noqa: E402
 from models.partitioning import partition_for  # noqa: E402
 from models.simulator import SimConfig, simulate  # noqa: E402
 from models.state import CustomerState  # noqa: E402
+from streams.state import index_items  # noqa: E402
 
 PARTITIONS = 4
 
@@ -100,7 +105,8 @@ def main() -> None:
         f"{k} {v / sum(sizes):.0%}" for k, v in top))
 
     print(f"\n{'keys':>10} {'RSS added':>11} {'B/key':>7} {'index':>8} "
-          f"{'RocksDB':>10} {'B/key':>7} {'write s':>8} {'restore s':>10} {'restore keys/s':>15}")
+          f"{'RocksDB':>10} {'B/key':>7} {'write s':>8} {'read all s':>11} {'keys/s':>9} "
+          f"{'RSS added':>10} {'start s':>8} {'keys/s':>9} {'RSS added':>10} {'ratio':>6}")
     for target in [int(x) for x in args.sizes.split(",") if x]:
         gc.collect()
         before = rss()
@@ -118,11 +124,12 @@ def main() -> None:
         del eng, store
         gc.collect()
         if not args.no_rocksdb:
-            from rocksdict import Rdict
+            from rocksdict import Options, Rdict
 
             root = Path(tempfile.mkdtemp(prefix="bench-rocks-"))
             try:
-                dbs = [Rdict(str(root / f"p{p}")) for p in range(PARTITIONS)]
+                dbs = [Rdict(str(root / f"p{p}"), options=Options(raw_mode=True))
+                       for p in range(PARTITIONS)]
                 t1 = time.perf_counter()
                 for i in range(target):
                     key = f"k{i}"
@@ -134,20 +141,48 @@ def main() -> None:
                 for db in dbs:
                     db.close()
                 size = dir_size(root)
-                # what a worker does at assignment: read every key back, decode, index
+                from faust.utils import json as faust_json
+
+                def open_dbs() -> list:
+                    return [Rdict(str(root / f"p{p}"), options=Options(raw_mode=True))
+                            for p in range(PARTITIONS)]
+
+                # before: read every key back, decode, index (and keep the states)
+                gc.collect()
+                rss0 = rss()
                 t2 = time.perf_counter()
-                dbs = [Rdict(str(root / f"p{p}")) for p in range(PARTITIONS)]
+                dbs = open_dbs()
                 eng = Engine()
                 for db in dbs:
                     for k, v in db.items():
                         eng.store[k.decode()] = CustomerState.from_dict(orjson.loads(v))
                 eng.rebuild_index()
                 restore_s = time.perf_counter() - t2
+                restore_rss = rss() - rss0
                 for db in dbs:
                     db.close()
                 del eng
+                gc.collect()
+                # now: the due-time index only, states read when needed
+                rss0 = rss()
+                t3 = time.perf_counter()
+                dbs = open_dbs()
+                engines = []
+                for db in dbs:
+                    eng = Engine()
+                    _, timers = index_items(db.items(), faust_json.loads)
+                    eng.load_index(timers)
+                    engines.append(eng)
+                start_s = time.perf_counter() - t3
+                start_rss = rss() - rss0
+                assert sum(len(e._heap) for e in engines) == indexed
+                for db in dbs:
+                    db.close()
+                del engines, eng
                 line += (f" {size / 2**20:8,.0f}MB {size / target:7,.0f} {write_s:8.1f} "
-                         f"{restore_s:10.1f} {target / restore_s:15,.0f}")
+                         f"{restore_s:11.1f} {target / restore_s:9,.0f} "
+                         f"{restore_rss / 2**20:8,.0f}MB {start_s:8.1f} {target / start_s:9,.0f} "
+                         f"{start_rss / 2**20:8,.0f}MB {restore_s / start_s:6.1f}")
             finally:
                 shutil.rmtree(root, ignore_errors=True)
         print(line, flush=True)

@@ -84,7 +84,7 @@ def partition_index(table: Any, partition: int, partitions: int) -> tuple[int, l
 
     No state is decoded into a ``CustomerState`` and nothing goes through a
     :class:`TableStore` cache: states are read when an event or a timer needs them. (Reading
-    every state through the cache took 198 s and about 10 GB at 1,000,000 keys,
+    every state through the cache took 151-198 s and about 10 GB at 1,000,000 keys,
     docs/BENCHMARKS.md section 4.) With RocksDB the partition's database is iterated and
     each value decoded by the table's own serializer; the memory store holds decoded
     values, filtered by the partitioner as in :func:`partition_keys`."""
