@@ -48,6 +48,7 @@ from models.partitioning import partition_for
 from streams import topics as T
 from streams.batching import take_ready
 from streams.continuity import StartGuard
+from streams.faust_fixes import request_rejoin
 from streams.outputs import create_output_producer
 from streams.processor import Message, PartitionProcessor
 from streams.settings import APP_VERSION, Settings
@@ -346,21 +347,22 @@ class Topology:
     async def _hold(self, msg: Any, verdict: str) -> None:
         """A record after a gap at the start of a partition (see streams/continuity.py): it
         is neither processed nor acked (Faust forgets it, so that a rebalance does not wait
-        for it); on ``rewind`` the topic-partition is sought back to the committed offset."""
+        for it); on ``rewind`` the worker asks its group for a new assignment, after which
+        Faust's recovery reads the partition again from the committed offset."""
         unacked = getattr(self.app.consumer, "_unacked_messages", None)
         if unacked is not None:
             unacked.discard(msg)
         if verdict != "rewind":
             return
-        tp = TP(msg.topic, msg.partition)
         to = self.guard.rewind_to(msg.topic, msg.partition)
         log.warning("input %s[%d] starts at offset %d after an assignment, the committed "
-                    "offset is %d: records in between were not delivered; reading again "
-                    "from %d", msg.topic, msg.partition, msg.offset, to, to)
+                    "offset is %d: records in between were not delivered; asking the group "
+                    "for a new assignment to read them from %d", msg.topic, msg.partition,
+                    msg.offset, to, to)
         try:
-            await self.app.consumer.seek(tp, to)
-        except Exception:  # noqa: BLE001 - the next held record retries
-            log.exception("seeking %s back to %d failed", tp, to)
+            await request_rejoin(self.app.consumer)
+        except Exception:  # noqa: BLE001 - the guard asks again (rewind_every)
+            log.exception("asking the group for a new assignment failed")
 
     def flush_due(self) -> bool:
         """Time to flush: the flush interval has passed since the last one, or Faust is

@@ -111,7 +111,7 @@ import logging
 import time
 from typing import Any, cast
 
-__all__ = ["FIXED_VERSION", "apply_faust_fixes", "fixes_applied"]
+__all__ = ["FIXED_VERSION", "apply_faust_fixes", "fixes_applied", "request_rejoin"]
 
 log = logging.getLogger(__name__)
 
@@ -275,3 +275,17 @@ def apply_faust_fixes(strict: bool = True) -> None:
 
 def fixes_applied() -> bool:
     return _applied
+
+
+async def request_rejoin(consumer: Any) -> None:
+    """Ask the consumer's group for a new assignment (an eager rebalance: every partition is
+    revoked, assigned again and recovered by Faust from its committed offset, with its read
+    offset, gaps and queues reset). Used by the start guard (``streams/continuity.py``).
+    Enqueued on Faust's consumer thread, where the aiokafka consumer lives; does not wait.
+    """
+    thread = consumer._thread
+
+    async def rejoin() -> None:
+        thread._ensure_consumer()._coordinator.request_rejoin()
+
+    await thread.cast_thread(rejoin)

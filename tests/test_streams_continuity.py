@@ -24,41 +24,73 @@ def test_doctests() -> None:
     assert result.attempted > 0 and result.failed == 0
 
 
-def test_a_start_past_the_committed_offset_is_held_and_rewound_until_the_records_come():
+def reassign(g: StartGuard, topic: str, partition: int, committed: int) -> None:
+    """What the agent does around the rebalance the guard asked for."""
+    g.forget(partition)                             # revoked
+    g.expect(topic, partition, committed)           # assigned again, runtime rebuilt
+
+
+def test_a_start_past_the_committed_offset_is_held_until_a_new_assignment_reads_it_again():
     clock = Clock()
-    g = StartGuard(rewind_every=1.0, clock=clock)
+    g = StartGuard(rewind_every=30.0, clock=clock)
     g.expect("in", 0, 565)
-    assert g.check("in", 0, 810) == "rewind"
+    assert g.check("in", 0, 810) == "rewind"        # ask the group for a new assignment
     assert g.rewind_to("in", 0) == 565
-    # stale records of the old fetch keep coming: held, no second seek within a second
+    # stale records of the old fetch keep coming until the rebalance: held, no new request
     assert [g.check("in", 0, o) for o in (811, 812, 813)] == ["drop"] * 3
-    clock.t = 1.5                                   # still stale a second later: seek again
-    assert g.check("in", 0, 814) == "rewind"
+    reassign(g, "in", 0, 565)
     assert g.check("in", 0, 565) == "ok"            # the missing records arrive
     assert g.check("in", 0, 566) == "ok" and g.check("in", 0, 810) == "ok"
     assert not g.pending("in", 0)
-    assert g.stats == {"rewinds": 2, "dropped": 5, "gaps_accepted": 0}
+    assert g.stats == {"rewinds": 1, "dropped": 4, "gaps_accepted": 0}
 
 
-def test_a_real_gap_is_accepted_when_the_rewind_brings_the_same_first_record_back():
+def test_a_new_assignment_is_asked_for_again_when_none_comes():
+    clock = Clock()
+    g = StartGuard(rewind_every=30.0, clock=clock)
+    g.expect("in", 0, 565)
+    assert g.check("in", 0, 810) == "rewind"
+    clock.t = 10.0
+    assert g.check("in", 0, 811) == "drop"
+    clock.t = 31.0                                  # no rebalance came: ask again
+    assert g.check("in", 0, 812) == "rewind"
+    assert g.check("in", 0, 810) == "drop"          # stale, even the first record again
+    reassign(g, "in", 0, 565)
+    assert g.check("in", 0, 565) == "ok"
+    assert g.stats["rewinds"] == 2 and g.stats["gaps_accepted"] == 0
+
+
+def test_a_real_gap_is_accepted_when_the_new_assignment_brings_the_same_first_record():
     g = StartGuard()
     g.expect("in", 1, 100)                          # 100 is a transaction marker, say
     assert g.check("in", 1, 101) == "rewind"
+    reassign(g, "in", 1, 100)
     assert g.check("in", 1, 101) == "gap"           # the broker has nothing before 101
     assert g.last_gap == ("in", 1, 100, 101)
     assert g.check("in", 1, 102) == "ok"
 
 
 def test_rewinds_are_bounded():
-    clock = Clock()
-    g = StartGuard(max_rewinds=2, rewind_every=1.0, clock=clock)
+    g = StartGuard(max_rewinds=2)
     g.expect("in", 0, 0)
     verdicts = []
-    for i, offset in enumerate(range(50, 60)):      # the start never comes back
-        clock.t = float(i)
+    for offset in (50, 51, 52):                     # each assignment starts later still
         verdicts.append(g.check("in", 0, offset))
-    assert verdicts[:2] == ["rewind", "rewind"] and verdicts[2] == "gap"
-    assert verdicts[3:] == ["ok"] * 7
+        if verdicts[-1] == "rewind":
+            reassign(g, "in", 0, 0)
+    assert verdicts == ["rewind", "rewind", "gap"]
+    assert g.stats["gaps_accepted"] == 1 and not g.pending("in", 0)
+    assert g.check("in", 0, 53) == "ok"
+    reassign(g, "in", 0, 0)                         # a later assignment is checked anew
+    assert g.check("in", 0, 70) == "rewind"
+
+
+def test_a_committed_offset_that_moved_starts_a_new_check():
+    g = StartGuard()
+    g.expect("in", 0, 565)
+    assert g.check("in", 0, 810) == "rewind"
+    reassign(g, "in", 0, 600)                       # another worker committed meanwhile
+    assert g.check("in", 0, 600) == "ok"
 
 
 def test_only_the_start_of_an_assignment_is_checked_and_each_topic_partition_apart():
