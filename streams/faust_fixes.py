@@ -94,8 +94,9 @@ The fix: the patched ``_fetch_records`` waits for new records itself and drains 
 only with ``timeout=0`` (no wait inside aiokafka), and only while no reassignment is in
 progress, the flow is active and the generation is the one the fetch began in; otherwise it
 returns nothing. Behind it, ``streams/continuity.py`` checks in the agent that the first record
-of each input partition after an assignment is at the committed offset, and reads the
-partition again when it is not (whatever the cause).
+of each input partition after an assignment is at the committed offset; when it is not
+(whatever the cause), it asks the group for a new assignment (``request_rejoin`` below), and
+Faust's recovery reads the partition again from the committed offset.
 
 The regression tests are ``tests/test_faust_fixes.py`` (both fixes against 0.15.3's own
 methods, no broker), ``tests/test_streams_rebalance.py`` (two worker processes, one is
