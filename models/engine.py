@@ -48,7 +48,7 @@ from .config import EngineConfig
 from .features import ALL_GROUPS, customer_features, time_anchors
 from .profile import apply_cancellation, apply_feedback, apply_order
 from .segments import Catalog, SegmentDef, load_catalog
-from .session import apply_cart, close_session, open_or_continue, session_due
+from .session import apply_cart, close_session, open_or_continue, see_item, session_due
 from .state import ALIASES_KEPT, RECENT_CHANGES_KEPT, CustomerState
 from .store_metrics import StoreMetrics
 
@@ -439,9 +439,7 @@ class Engine:
             elif kind == "product_viewed":
                 state.product_views += 1
                 sess["product_views"] += 1
-                lp, p = event.get("list_price"), event.get("price")
-                if lp is not None and p is not None and p < lp:
-                    sess["discount_seen"] = True
+                see_item(sess, event.get("price"), event.get("list_price"))
             elif kind == "search":
                 state.searches += 1
                 sess["searches"] += 1
@@ -702,9 +700,10 @@ class Engine:
         if state.session is None and visitor.session is not None:
             state.session = visitor.session
         for name in ("sessions", "page_views", "product_views", "searches", "carts_started",
-                     "carts_abandoned", "checkouts_started", "events"):
+                     "carts_abandoned", "checkouts_started", "events", "abandon_episodes",
+                     "items_seen", "discounted_items_seen"):
             setattr(state, name, getattr(state, name) + getattr(visitor, name))
-        for name in ("last_abandon_at", "last_event_at"):
+        for name in ("last_abandon_at", "last_event_at", "last_cart_end"):
             a, b = getattr(state, name), getattr(visitor, name)
             setattr(state, name, b if a is None else a if b is None else max(a, b))
         if visitor.first_seen_at is not None and (state.first_seen_at is None or visitor.first_seen_at < state.first_seen_at):

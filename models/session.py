@@ -4,6 +4,13 @@ A session is a small dict kept in ``CustomerState.session`` while it is open. Ca
 and value follow ``product_added`` / ``product_removed``. A session that closes by
 inactivity while holding a cart is an *abandoned cart*.
 
+Cart history, kept in event time when a session closes (inputs of the abandonment model):
+``last_cart_end`` (when the last session that held a cart closed), ``abandon_episodes``
+(abandoned carts whose session started more than ``EPISODE_GAP`` = 4 days after the previous
+cart session closed, or with no cart session before: walking away on separate occasions,
+where a retry of the same purchase within days is one episode), and ``items_seen`` /
+``discounted_items_seen`` (products viewed or added, and those below their list price).
+
 >>> from models.state import CustomerState
 >>> s = CustomerState(key="v1", anonymous=True)
 >>> _ = open_or_continue(s, {"type": "product_added", "session_id": "s1"}, 0.0, 1800.0)
@@ -22,11 +29,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from .clock import DAY
 from .state import CustomerState
 
-__all__ = ["MAX_CART_LINES", "apply_cart", "close_session", "open_or_continue", "session_due"]
+__all__ = ["EPISODE_GAP", "MAX_CART_LINES", "apply_cart", "close_session", "last_cart_abandoned",
+           "new_abandon_episode", "open_or_continue", "see_item", "session_due"]
 
 MAX_CART_LINES = 200   # distinct products kept per cart; more are pooled under "_other"
+EPISODE_GAP = 4 * DAY  # an abandoned cart this long after the previous cart is a new episode
 
 
 def new_session(session_id: str | None, t: float) -> dict[str, Any]:
@@ -35,6 +45,7 @@ def new_session(session_id: str | None, t: float) -> dict[str, Any]:
         "page_views": 0, "product_views": 0, "searches": 0,
         "cart": {}, "cart_id": None, "cart_value": 0.0, "cart_items": 0, "max_cart_value": 0.0,
         "had_cart": False, "checkout": False, "discount_seen": False,
+        "items_seen": 0, "discounted_seen": 0,
     }
 
 
@@ -55,10 +66,40 @@ def close_session(state: CustomerState, at: float, ordered: bool) -> dict[str, A
         state.carts_abandoned += 1
         state.last_abandon_at = at
         state.abandoned_cart_value = sess["cart_value"]
+    if sess["had_cart"]:
+        last = state.last_cart_end
+        if abandoned and (last is None or sess["started_at"] - last > EPISODE_GAP):
+            state.abandon_episodes += 1
+        state.last_cart_end = at
+    state.items_seen += sess.get("items_seen", 0)          # absent in sessions stored before
+    state.discounted_items_seen += sess.get("discounted_seen", 0)
     sess["ended_at"] = at
     sess["ordered"] = ordered
     sess["abandoned"] = abandoned
     return sess
+
+
+def last_cart_abandoned(state: CustomerState) -> bool:
+    """Whether the last closed session that held a cart was abandoned (it closed when the
+    last abandonment was counted)."""
+    return state.last_cart_end is not None and state.last_abandon_at == state.last_cart_end
+
+
+def new_abandon_episode(state: CustomerState) -> bool:
+    """Whether the open session, if it ends abandoned, starts a new abandonment episode after
+    an abandoned one: the last cart session was abandoned and closed more than ``EPISODE_GAP``
+    before this session started."""
+    sess = state.session
+    return (sess is not None and last_cart_abandoned(state)
+            and sess["started_at"] - state.last_cart_end > EPISODE_GAP)
+
+
+def see_item(sess: dict[str, Any], price: Any, list_price: Any) -> None:
+    """A product viewed or added in the session: counted, and noted when below its list price."""
+    sess["items_seen"] = sess.get("items_seen", 0) + 1
+    if list_price is not None and price is not None and float(price) < float(list_price):
+        sess["discount_seen"] = True
+        sess["discounted_seen"] = sess.get("discounted_seen", 0) + 1
 
 
 def open_or_continue(state: CustomerState, event: dict[str, Any], t: float,
@@ -116,8 +157,7 @@ def apply_cart(sess: dict[str, Any], event: dict[str, Any]) -> None:
             value -= qty * price  # added below, once
         items += qty
         value += qty * price
-        if list_price is not None and price < float(list_price):
-            sess["discount_seen"] = True
+        see_item(sess, price, list_price)
         sess["had_cart"] = True
     else:
         line = cart.get(pid)

@@ -63,6 +63,11 @@ class CustomerState:
     checkouts_started: int = 0
     session: dict | None = None
     last_session_end: float | None = None                # when the last session closed
+    # cart history for the abandonment model, kept where sessions close (session.close_session)
+    last_cart_end: float | None = None                   # when the last session holding a cart closed
+    abandon_episodes: int = 0                            # abandoned carts > 4 days after the previous cart
+    items_seen: int = 0                                  # products viewed or added in closed sessions
+    discounted_items_seen: int = 0                       # ... of which below their list price
     # feedback
     reviews: int = 0
     rating_sum: float = 0.0

@@ -6,6 +6,7 @@ import json
 import math
 import pickle
 
+import orjson
 import pytest
 
 from models.clock import DAY, MINUTE, format_time
@@ -14,9 +15,13 @@ from models.engine import Engine
 from models.features import customer_features
 from models.profile import apply_order
 from models.scoring import HubConfig, ModelHub, SnapshotError
+from models.scoring.abandon import ABANDON_ENCODER
 from models.scoring.churn import CHURN_ENCODER, churn_values
+from models.scoring.encoding import Encoder
+from models.session import EPISODE_GAP, last_cart_abandoned, new_abandon_episode
 from models.simulator import SimConfig, simulate
 from models.state import CustomerState
+from tests.eventkit import Shop
 
 CFG = EngineConfig()
 T0 = 1_700_000_000.0
@@ -274,3 +279,147 @@ def test_engine_with_hub_on_simulated_traffic():
         if sc.get("abandon_risk") is not None:
             assert 0 < sc["abandon_risk"] < 1
     json.dumps(d)
+
+
+# -- cart history (abandonment inputs a2) -------------------------------------------------
+def _viewed(shop: Shop, who: str, day: float, minute: float, price: float, list_price: float) -> dict:
+    return shop._env("product_viewed", who, day, minute, product_id="p9", price=price,
+                     list_price=list_price)
+
+
+def test_cart_history_kept_in_event_time_where_sessions_close():
+    hub = ModelHub(HubConfig(snapshot_key=KEY))
+    eng = Engine(scorer=hub)
+    shop = Shop()
+    timeout = eng.config.session_timeout
+    # A, day 0: a discounted product viewed, one added, then gone: abandoned, the first episode
+    eng.process(_viewed(shop, "c1", 0, 0, price=15.0, list_price=20.0))
+    eng.process(shop.add("c1", 0, 1))
+    st = eng.state_of("c1")
+    assert (st.items_seen, st.abandon_episodes, st.last_cart_end) == (0, 0, None)   # still open
+    assert (st.session["items_seen"], st.session["discounted_seen"]) == (2, 1)
+    # B, day 2: its first event closes A first, as of A's inactivity timeout (event time)
+    eng.process(shop.add("c1", 2, 0))
+    st = eng.state_of("c1")
+    assert st.last_cart_end == shop.at(0, 1) + timeout and st.carts_abandoned == 1
+    assert (st.abandon_episodes, st.items_seen, st.discounted_items_seen) == (1, 2, 1)
+    assert not new_abandon_episode(st)                       # 2 days after an abandoned cart
+    eng.advance(shop.at(3))                                  # B abandoned: a retry, same episode
+    st = eng.state_of("c1")
+    assert (st.carts_abandoned, st.abandon_episodes) == (2, 1)
+    b_end = shop.at(2, 0) + timeout
+    assert st.last_cart_end == b_end and last_cart_abandoned(st)
+    # C, day 3: browsing only does not move the last cart
+    eng.process(shop.view("c1", 3, 0))
+    eng.advance(shop.at(3, 60))
+    assert eng.state_of("c1").last_cart_end == b_end
+    # D starts exactly EPISODE_GAP after B closed: not "more than 4 days", no new episode
+    d_start = b_end + EPISODE_GAP
+    eng.process(shop.add("c1", (d_start - shop.t0) / DAY))
+    assert not new_abandon_episode(eng.state_of("c1"))
+    eng.advance(d_start + timeout + 1)
+    st = eng.state_of("c1")
+    assert (st.carts_abandoned, st.abandon_episodes) == (3, 1)
+    d_end = d_start + timeout
+    # E, day 11 (> 4 days after D, abandoned): a new episode if it is abandoned too
+    eng.process(shop.add("c1", 11, 0))
+    st = eng.state_of("c1")
+    assert new_abandon_episode(st)
+    md = st.model_data["cart"]
+    v = hub.abandon.values(st, customer_features(st, shop.at(11), CFG), md)
+    assert v["abandon_episodes"] == 1 and v["new_cart_4d_after_abandon"] is True
+    assert v["abandon_episodes_per_order"] == pytest.approx((1 + 1 + 0.5) / 0.5)
+    # closed sessions only: A's view (discounted) and add, B's and D's adds
+    assert v["past_discounted_share"] == pytest.approx((1 + 0.3) / (4 + 1))
+    assert v["hours_since_last_session"] == pytest.approx((shop.at(11) - d_end) / 3600.0)
+    assert v["abandoned_last_session_72h"] is False
+    x = hub.abandon.encoder.encode(v)
+    assert hub.abandon.encoder.display("abandon_episodes_per_order", x["abandon_episodes_per_order"]) == 5.0
+    assert hub.abandon.encoder.display("abandon_episodes", x["abandon_episodes"]) == 1.0
+    # ... but E ends in an order: no episode, and the last cart is not an abandoned one
+    eng.process(shop.order("c1", 11, 20.0, minute=5))
+    st = eng.state_of("c1")
+    assert (st.carts_abandoned, st.abandon_episodes, st.orders) == (3, 1, 1)
+    assert st.last_cart_end == shop.at(11, 5) and not last_cart_abandoned(st)
+    # F, day 16: 5 days after an *ordered* cart: no "new episode after an abandon", but if
+    # abandoned it is an episode of its own
+    eng.process(shop.add("c1", 16, 0))
+    assert not new_abandon_episode(eng.state_of("c1"))
+    eng.advance(shop.at(16, 60))
+    assert eng.state_of("c1").abandon_episodes == 2
+    # G, a day later: the previous session was abandoned within 72 hours
+    eng.process(shop.add("c1", 17, 0))
+    st = eng.state_of("c1")
+    v = hub.abandon.values(st, customer_features(st, shop.at(17), CFG), st.model_data["cart"])
+    assert v["abandoned_last_session_72h"] is True
+    assert v["hours_since_last_session"] == pytest.approx(24.0 - timeout / 3600.0)
+    assert v["abandon_episodes_per_order"] == pytest.approx((2 + 0 + 0.5) / 1.5)
+
+
+def test_cart_history_follows_a_linked_visitor():
+    eng = Engine()
+    shop = Shop()
+    eng.process(shop.add("a1", 0, 0, anonymous=True))
+    eng.advance(shop.at(0, 60))
+    assert eng.state_of("a1").abandon_episodes == 1
+    eng.process(shop.view("c1", 1, 0, anonymous_id="a1"))       # logs in: the visitor is folded in
+    st = eng.state_of("c1")
+    assert (st.abandon_episodes, st.items_seen) == (1, 1)
+    assert st.last_cart_end == shop.at(0, 0) + eng.config.session_timeout and last_cart_abandoned(st)
+
+
+def test_state_stored_before_the_cart_history_still_loads_and_runs():
+    hub = ModelHub(HubConfig(snapshot_key=KEY))
+    eng = Engine(scorer=hub)
+    shop = Shop()
+    eng.process(shop.add("c1", 0, 0))
+    eng.advance(shop.at(0, 60))
+    eng.process(shop.add("c1", 1, 0))                            # an open cart session
+    doc = orjson.loads(eng.dump_state())
+    old = doc["states"]["c1"]
+    for name in ("last_cart_end", "abandon_episodes", "items_seen", "discounted_items_seen"):
+        del old[name]
+    del old["session"]["items_seen"], old["session"]["discounted_seen"]
+    eng2 = Engine(scorer=ModelHub(HubConfig(snapshot_key=KEY)))
+    eng2.load_state(orjson.dumps(doc))
+    st = eng2.state_of("c1")
+    assert (st.last_cart_end, st.abandon_episodes, st.items_seen, st.discounted_items_seen) == \
+        (None, 0, 0, 0)
+    eng2.process(_viewed(shop, "c1", 1, 1, price=5.0, list_price=10.0))
+    assert 0.0 < eng2.state_of("c1").scores["abandon_risk"] < 1.0
+    eng2.advance(shop.at(2))                                     # the old session closes
+    st = eng2.state_of("c1")
+    assert st.carts_abandoned == 2 and st.abandon_episodes == 1     # counted from the upgrade on
+    assert (st.items_seen, st.discounted_items_seen) == (1, 1)
+    assert CustomerState.from_dict(st.to_dict()) == st
+
+
+def test_snapshot_of_another_abandon_encoding_restores_a_new_abandon_model(monkeypatch):
+    import models.scoring.abandon as abandon_mod
+
+    old_spec = [s for s in ABANDON_ENCODER.spec if s[0] not in {
+        "abandon_episodes", "new_cart_4d_after_abandon", "abandon_episodes_per_order",
+        "past_discounted_share", "hours_since_last_session", "abandoned_last_session_72h"}]
+    monkeypatch.setattr(abandon_mod, "ABANDON_ENCODER", Encoder("a1", old_spec))
+    old = ModelHub(HubConfig(snapshot_key=KEY))                 # as the code before a2 built it
+    monkeypatch.undo()
+    eng, evs = _session_events(old, order=False)
+    for ev in evs:
+        eng.process(ev)
+    eng.advance(T0 + DAY)
+    s = CustomerState(key="c1", customer_id="c1")
+    buy(old, s, T0, "o1")
+    tick(old, s, T0 + 100 * DAY)
+    assert old.abandon.labels == 2 and old.abandon.encoder.version == "a1"
+    _, evs2 = _session_events(old, order=False, sid="s2", t=T0 + 2 * DAY)
+    for ev in evs2:                                             # a1 points still pending
+        eng.process(ev)
+    assert eng.state_of("v1").model_data["cart"]["v"] == "a1"
+
+    back = ModelHub.restore(old.snapshot(), KEY)
+    assert back.abandon.encoder is ABANDON_ENCODER and back.abandon.labels == 0
+    assert back.churn.labels == old.churn.labels                # the churn model is kept
+    eng.scorer = back
+    eng.advance(T0 + 3 * DAY)                                   # the a1 points: stale, not learned
+    assert back.abandon.labels == 0 and back.abandon.stale_labels == 2
+    assert back.versions["abandon_risk"] == "abandon-logreg/a2/0"

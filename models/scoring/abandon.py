@@ -23,20 +23,31 @@ Per-session storage, ``model_data["cart"]``::
 Prior (cold start): the abandonment rate of the stage the session is in (cart only, or
 checkout started), Beta-smoothed from ``prior_rates`` (literature: about 70% of carts are
 abandoned, fewer once checkout has started) and updated with every label.
+
+Inputs (encoding ``a2``): the open session, the customer's counts, and the cart history the
+engine keeps where sessions close (``models/session.py``): abandonment *episodes* (abandoned
+carts more than 4 days after the previous cart session: a serial abandoner walks away on
+separate occasions, a shopper retrying the same purchase within days is one episode), whether
+this cart opens a new one after an abandoned cart (``new_cart_4d_after_abandon``), episodes per
+order (``(episodes incl. this cart's + 0.5) / (orders + 0.5)``), the share of products below list
+price among those viewed or added in past sessions (``(discounted + 0.3) / (seen + 1)``), hours
+since the previous session and whether it was abandoned within 72 h. ``a1`` (before the
+history inputs) points are stale under ``a2`` and dropped, never learned.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..clock import MINUTE
+from ..clock import HOUR, MINUTE
+from ..session import new_abandon_episode
 from .blended import BlendedClassifier
 from .encoding import Encoder
 from .linear import logit
 
 __all__ = ["ABANDON_ENCODER", "AbandonModel"]
 
-ABANDON_ENCODER = Encoder("a1", [
+ABANDON_ENCODER = Encoder("a2", [
     ("cart_value", "log"),
     ("cart_items", "lin"),
     ("cart_shrink", "lin"),            # 1 - cart value / max cart value of the session
@@ -59,6 +70,14 @@ ABANDON_ENCODER = Encoder("a1", [
     ("carts_abandoned", "log"),
     ("past_abandon_rate", "lin"),
     ("carts_started", "log"),
+    # the cart history (models/session.py): a serial abandoner walks away on separate
+    # occasions, a shopper who retries the same purchase within days is one episode
+    ("abandon_episodes", "log"),
+    ("new_cart_4d_after_abandon", "flag"),
+    ("abandon_episodes_per_order", "ln"),
+    ("past_discounted_share", "lin"),
+    ("hours_since_last_session", "log"),
+    ("abandoned_last_session_72h", "flag"),
 ])
 
 _CHECKOUT_TYPES = frozenset({"checkout_started", "checkout_step"})
@@ -102,6 +121,10 @@ class AbandonModel(BlendedClassifier):
         value = sess.get("cart_value", 0.0)
         last_type = md.get("e")
         device = md.get("d")
+        episodes = state.abandon_episodes
+        new_episode = new_abandon_episode(state)
+        last_end = state.last_session_end
+        gap = None if last_end is None else sess["started_at"] - last_end
         return {
             "cart_value": value,
             "cart_items": min(sess.get("cart_items", 0), 20),
@@ -125,6 +148,13 @@ class AbandonModel(BlendedClassifier):
             "carts_abandoned": state.carts_abandoned,
             "past_abandon_rate": (state.carts_abandoned + 0.7) / (state.carts_started + 1.0),
             "carts_started": state.carts_started,
+            "abandon_episodes": episodes,
+            "new_cart_4d_after_abandon": new_episode,
+            "abandon_episodes_per_order": (episodes + new_episode + 0.5) / (state.orders + 0.5),
+            "past_discounted_share": (state.discounted_items_seen + 0.3) / (state.items_seen + 1.0),
+            "hours_since_last_session": None if gap is None else max(gap, 0.0) / HOUR,
+            "abandoned_last_session_72h": gap is not None and gap <= 72 * HOUR
+                                          and state.last_abandon_at == state.last_session_end,
         }
 
     def prior(self, v: dict) -> float:

@@ -15,6 +15,10 @@ True
 3.0
 >>> compact(x["orders"])
 1.3863
+>>> ratio = Encoder("t2", [("per_order", "ln")])
+>>> r = ratio.encode({"per_order": 2.5})
+>>> compact(r["per_order"]), ratio.display("per_order", r["per_order"])
+(0.91629, 2.5)
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ def compact(v: float) -> float:
 
 class Encoder:
     """Spec: ``(name, kind)`` with kind ``log`` (log1p of a non-negative count or amount),
-    ``lin`` (as is), ``flag`` (bool to 0/1) or ``logit`` (a probability in log-odds)."""
+    ``ln`` (log of a positive ratio; 0 when not positive), ``lin`` (as is), ``flag`` (bool to
+    0/1) or ``logit`` (a probability in log-odds)."""
 
     def __init__(self, version: str, spec: Sequence[tuple[str, str]]) -> None:
         self.version = version
@@ -54,6 +59,8 @@ class Encoder:
                 out[name] = log1p(v) if v > 0 else 0.0
             elif kind == "flag":
                 out[name] = 1.0 if v else 0.0
+            elif kind == "ln":
+                out[name] = log(v) if v > 0 else 0.0
             elif kind == "logit":
                 p = 1e-4 if v < 1e-4 else 1 - 1e-4 if v > 1 - 1e-4 else v
                 out[name] = log(p / (1 - p))
@@ -74,6 +81,8 @@ class Encoder:
         kind = self._kinds.get(name)
         if kind == "log":
             return round(math.expm1(v), 4)
+        if kind == "ln":
+            return round(math.exp(v), 4)
         if kind == "logit":
             return round(1.0 / (1.0 + math.exp(-v)), 4)
         return round(v, 4)

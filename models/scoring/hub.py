@@ -24,7 +24,8 @@ configuration. ``ModelHub.restore(blob, key)`` checks the signature with
 ``hmac.compare_digest`` *before* unpickling and raises :class:`SnapshotError` otherwise,
 so bytes an outsider could write (a topic, a file) are never unpickled. The streaming shell
 publishes the snapshots to a compacted topic keyed by hub (worker/partition) and restores the
-latest one at start-up.
+latest one at start-up. A restored model whose encoding (``ABANDON_ENCODER`` / ``CHURN_ENCODER``
+version) is not the code's own is replaced by a new one (cold start, prior first).
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..clock import parse_time
-from .abandon import AbandonModel
-from .churn import ChurnModel
+from .abandon import ABANDON_ENCODER, AbandonModel
+from .churn import CHURN_ENCODER, ChurnModel
 from .population import Population
 from .value import clv_of, next_order_of
 
@@ -95,13 +96,8 @@ class ModelHub:
     def __init__(self, config: HubConfig | None = None) -> None:
         cfg = config or HubConfig()
         self.config = cfg
-        self.churn = ChurnModel(cfg.horizon_days, cfg.checkpoint_days, cfg.max_quiet_days,
-                                cfg.warmup_labels, cfg.churn_lr, cfg.l2, cfg.top_reasons,
-                                lr_decay=cfg.churn_lr_decay, lr_floor=cfg.churn_lr_floor,
-                                prior_offset=cfg.churn_prior_offset)
-        self.abandon = AbandonModel(cfg.warmup_labels, cfg.abandon_lr, cfg.l2, cfg.top_reasons,
-                                    cfg.max_cart_points, lr_decay=cfg.abandon_lr_decay,
-                                    lr_floor=cfg.abandon_lr_floor)
+        self.churn = _new_churn(cfg)
+        self.abandon = _new_abandon(cfg)
         self.population = Population(cfg.population_sample, cfg.refit_every_days,
                                      cfg.min_refit_customers)
         self.snapshots = 0
@@ -225,5 +221,26 @@ class ModelHub:
         hub.config = replace(config or data["config"], snapshot_key=key)
         hub.churn, hub.abandon = data["churn"], data["abandon"]
         hub.population, hub.snapshots = data["population"], data["snapshots"]
+        # a model learned over the inputs of another encoding (a snapshot taken before the
+        # inputs changed) starts anew: its weights mean nothing for the current inputs, and
+        # the pending points recorded under the old encoding are dropped as stale when their
+        # labels come (BlendedClassifier.learn), never learned with the wrong meaning
+        if hub.churn.encoder.version != CHURN_ENCODER.version:
+            hub.churn = _new_churn(hub.config)
+        if hub.abandon.encoder.version != ABANDON_ENCODER.version:
+            hub.abandon = _new_abandon(hub.config)
         return hub
+
+
+def _new_churn(cfg: HubConfig) -> ChurnModel:
+    return ChurnModel(cfg.horizon_days, cfg.checkpoint_days, cfg.max_quiet_days,
+                      cfg.warmup_labels, cfg.churn_lr, cfg.l2, cfg.top_reasons,
+                      lr_decay=cfg.churn_lr_decay, lr_floor=cfg.churn_lr_floor,
+                      prior_offset=cfg.churn_prior_offset)
+
+
+def _new_abandon(cfg: HubConfig) -> AbandonModel:
+    return AbandonModel(cfg.warmup_labels, cfg.abandon_lr, cfg.l2, cfg.top_reasons,
+                        cfg.max_cart_points, lr_decay=cfg.abandon_lr_decay,
+                        lr_floor=cfg.abandon_lr_floor)
 
