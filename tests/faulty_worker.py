@@ -42,10 +42,10 @@ async def _logged_batch(self: Topology, events: Any) -> None:
     await _on_batch(self, events)
 
 
-Engine.process = _failing_process  # type: ignore[method-assign]
-Topology.on_batch = _logged_batch  # type: ignore[method-assign]
+if __name__ == "__main__":   # only in the worker process (pytest imports this module too)
+    Engine.process = _failing_process  # type: ignore[method-assign]
+    Topology.on_batch = _logged_batch  # type: ignore[method-assign]
 
-if __name__ == "__main__":
     from streams.__main__ import main
 
     sys.exit(main())

@@ -28,9 +28,10 @@ from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
 from streams.agents import Topology
 
-TOPIC = os.environ["SKIP_TOPIC"]
-PARTITION = int(os.environ["SKIP_PARTITION"])
-RECORDS = int(os.environ["SKIP_RECORDS"])
+# read at import with defaults: pytest imports this module when it collects doctests
+TOPIC = os.environ.get("SKIP_TOPIC", "")
+PARTITION = int(os.environ.get("SKIP_PARTITION", "0"))
+RECORDS = int(os.environ.get("SKIP_RECORDS", "0"))
 SLOW = float(os.environ.get("SLOW_BATCH", "0.1"))
 
 _state: dict[str, Any] = {"skipped": False, "topology": None, "handled": -1}
@@ -86,12 +87,12 @@ async def _commit_then_crash(self: Any, offsets: Any, *args: Any, **kwargs: Any)
     return ok
 
 
-AIOKafkaConsumerThread.getmany = _skipping_getmany  # type: ignore[method-assign]
-Topology.__init__ = _init_topology  # type: ignore[method-assign]
-Topology.on_batch = _slow_batch  # type: ignore[method-assign]
-Consumer._commit_offsets = _commit_then_crash  # type: ignore[method-assign]
+if __name__ == "__main__":   # only in the worker process (pytest imports this module too)
+    AIOKafkaConsumerThread.getmany = _skipping_getmany  # type: ignore[method-assign]
+    Topology.__init__ = _init_topology  # type: ignore[method-assign]
+    Topology.on_batch = _slow_batch  # type: ignore[method-assign]
+    Consumer._commit_offsets = _commit_then_crash  # type: ignore[method-assign]
 
-if __name__ == "__main__":
     from streams.__main__ import main
 
     sys.exit(main())
