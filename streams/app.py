@@ -22,7 +22,9 @@ import faust
 from streams.faust_fixes import apply_faust_fixes
 from streams.settings import Settings
 
-__all__ = ["Worker", "app", "create_app"]
+__all__ = ["Worker", "adaptive_fetch_wait", "app", "create_app"]
+
+log = logging.getLogger(__name__)
 
 
 class Worker(faust.Worker):
@@ -44,6 +46,8 @@ class Worker(faust.Worker):
 
 #: the worker consumer's fetch wait on the embedded broker (milliseconds), see below
 EMBEDDED_FETCH_WAIT_MS = 25
+#: the longest it grows to while the broker answers a backlog with nothing (Faust's own wait)
+EMBEDDED_FETCH_WAIT_MAX_MS = 1500
 
 
 def short_fetch_wait_on_embedded_broker() -> None:
@@ -61,7 +65,16 @@ def short_fetch_wait_on_embedded_broker() -> None:
     fix there). With the 25 ms wait and that fix disabled, the two-worker rebalance test
     lost the whole tail of one partition in 2 of 5 runs (1,980 and 1,665 records; the same
     signature as the 3 of 6 lossy runs that made us revert this wait before the fix); with
-    both fixes it lost nothing in 13 of 13 runs, and the fault test in 8 of 8."""
+    both fixes it lost nothing in 13 of 13 runs, and the fault test in 8 of 8.
+
+    The wait adapts (:func:`adaptive_fetch_wait`): Tansu answers a fetch with *no records*
+    when listing the partition's stored batches takes longer than the fetch wait, and that
+    listing grows with the partition (one batch per record from single-record producers).
+    Past some tens of thousands of batches, a 25 ms wait got nothing from any offset, for
+    ever: a worker with a backlog stalled (the "wedged input topic" of the long fault test).
+    So an empty answer to a partition known to hold more (its high-water mark past the fetch
+    offset) doubles the wait, up to ``EMBEDDED_FETCH_WAIT_MAX_MS``; an empty answer with
+    nothing behind halves it again, down to ``EMBEDDED_FETCH_WAIT_MS``."""
     from faust.transport.drivers import aiokafka as driver
 
     cls = driver.AIOKafkaConsumerThread
@@ -74,10 +87,65 @@ def short_fetch_wait_on_embedded_broker() -> None:
         settings = getattr(self.app, "retention_settings", None)
         if settings is not None and settings.embedded_broker:
             consumer._fetch_max_wait_ms = EMBEDDED_FETCH_WAIT_MS
+            adaptive_fetch_wait(consumer, EMBEDDED_FETCH_WAIT_MS, EMBEDDED_FETCH_WAIT_MAX_MS)
         return consumer
 
     cls._create_worker_consumer = _create_worker_consumer
     cls._retention_fetch_wait = True
+
+
+def adaptive_fetch_wait(consumer: Any, base_ms: int, max_ms: int) -> None:
+    """Make ``consumer``'s (an ``AIOKafkaConsumer``, not started yet) fetch wait adapt between
+    ``base_ms`` and ``max_ms``: doubled after a fetch that returned no record although a
+    partition it asked for has records past the fetch offset, halved after an empty fetch
+    with nothing behind (see :func:`short_fetch_wait_on_embedded_broker`)."""
+    from aiokafka.consumer.fetcher import Fetcher
+
+    if not getattr(Fetcher, "_retention_adaptive", False):
+        _patch_fetcher(Fetcher)
+    start = consumer.start
+
+    async def start_adaptive() -> None:
+        await start()
+        fetcher = consumer._fetcher
+        fetcher._retention_wait_range = (base_ms, max_ms)
+        fetcher._fetch_max_wait_ms = base_ms
+
+    consumer.start = start_adaptive
+
+
+def _patch_fetcher(fetcher_cls: Any) -> None:
+    from aiokafka.structs import TopicPartition
+
+    proc = fetcher_cls._proc_fetch_request
+
+    async def _proc_fetch_request(self: Any, assignment: Any, node_id: Any, request: Any) -> Any:
+        got = await proc(self, assignment, node_id, request)
+        span = getattr(self, "_retention_wait_range", None)
+        if span is None or got or not assignment.active:
+            return got                  # records came: keep the wait that worked
+        behind = False
+        for topic, partitions in request.topics:
+            for partition, offset, *_ in partitions:
+                state = assignment.state_value(TopicPartition(topic, partition))
+                hw = getattr(state, "highwater", None)
+                if hw is not None and hw > offset:
+                    behind = True
+                    break
+            if behind:
+                break
+        wait = self._fetch_max_wait_ms
+        new = min(wait * 2, span[1]) if behind else max(span[0], wait // 2)
+        if new != wait:
+            self._fetch_max_wait_ms = new
+            if behind or new == span[0]:
+                log.info("fetch wait %d ms -> %d ms (%s)", wait, new,
+                         "the broker answered a backlog with nothing" if behind
+                         else "caught up")
+        return got
+
+    fetcher_cls._proc_fetch_request = _proc_fetch_request
+    fetcher_cls._retention_adaptive = True
 
 
 def create_app(settings: Settings | None = None,
