@@ -53,6 +53,16 @@ class PartitionMeta:
         self.table[META_PREFIX + partition] = meta
 
 
+def _customer_key(key: Any) -> str | None:
+    """A table key as a customer key; None for Faust's persisted offset and the partition
+    meta, which share the table."""
+    if isinstance(key, (bytes, bytearray)):
+        if key.startswith(_FAUST_INTERNAL) or key.startswith(META_PREFIX):
+            return None
+        return key.decode("utf-8")
+    return str(key)
+
+
 def partition_keys(table: Any, partition: int, partitions: int) -> list[str]:
     """Keys of ``table`` that belong to ``partition``.
 
@@ -65,17 +75,9 @@ def partition_keys(table: Any, partition: int, partitions: int) -> list[str]:
         db = dbs.get(partition)
         if db is None:
             return []
-        out = []
-        for k in db.keys():
-            if isinstance(k, (bytes, bytearray)) and (k.startswith(_FAUST_INTERNAL)
-                                                      or k.startswith(META_PREFIX)):
-                continue  # Faust's persisted offset, the partition meta
-            out.append(k.decode("utf-8") if isinstance(k, (bytes, bytearray)) else str(k))
-        return out
-    keys = (k.decode("utf-8") if isinstance(k, (bytes, bytearray)) else str(k)
-            for k in list(table.keys())
-            if not (isinstance(k, (bytes, bytearray)) and k.startswith(META_PREFIX)))
-    return [k for k in keys if partition_for(k, partitions) == partition]
+        return [c for c in map(_customer_key, db.keys()) if c is not None]
+    return [c for c in map(_customer_key, list(table.keys()))
+            if c is not None and partition_for(c, partitions) == partition]
 
 
 def partition_index(table: Any, partition: int, partitions: int) -> tuple[int, list[tuple[float, str]]]:
@@ -96,8 +98,7 @@ def partition_index(table: Any, partition: int, partitions: int) -> tuple[int, l
             return 0, []
         return index_items(db.items(), store._decode_value)
     items = ((k, v) for k, v in list(table.items())
-             if partition_for(k.decode("utf-8") if isinstance(k, (bytes, bytearray)) else str(k),
-                              partitions) == partition)
+             if (c := _customer_key(k)) is not None and partition_for(c, partitions) == partition)
     return index_items(items)
 
 
@@ -112,16 +113,15 @@ def index_items(items: Iterable[tuple[Any, Any]], decode: Callable[[Any], Any] |
     n = 0
     entries: list[tuple[float, str]] = []
     for k, v in items:
-        if isinstance(k, (bytes, bytearray)):
-            if k.startswith(_FAUST_INTERNAL) or k.startswith(META_PREFIX):
-                continue  # Faust's persisted offset, the partition meta
-            k = k.decode("utf-8")
+        key = _customer_key(k)
+        if key is None:
+            continue
         n += 1
         if decode is not None:
             v = decode(v)
         due = v.get("due_at") if isinstance(v, dict) else None
         if due is not None:
-            entries.append((float(due), str(k)))
+            entries.append((float(due), key))
     return n, entries
 
 

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from tests.conftest import (comparable, committed_offsets, read_topic, replay,
+from tests.conftest import (comparable, committed_offsets, key_of, read_topic, replay,
                             table_from_changelog, worker_env)
 
 from streams.cli import create_all_topics
@@ -90,9 +90,8 @@ class Load(threading.Thread):
             futures = []
             t0 = time.monotonic()
             for i, line in enumerate(self.lines):
-                key = (orjson.loads(line).get("customer_id")
-                       or orjson.loads(line).get("anonymous_id")).encode()
-                futures.append((producer.send(self.topic, key=key, value=line), line))
+                futures.append((producer.send(self.topic, key=key_of(line), value=line),
+                                line))
                 self.progress = i + 1
                 ahead = (i + 1) / self.rate - (time.monotonic() - t0)
                 if ahead > 0:
