@@ -121,6 +121,9 @@ FIXED_VERSION = "0.15.3"
 
 _applied = False
 
+#: seconds between checks, while a fetch waits, for a partition back from a full stream buffer
+BUFFER_POLL = 0.005
+
 
 async def _resume_streams(self: Any, generation_id: int = 0) -> None:
     """``Recovery._resume_streams`` with the seek before the resume (issue 596)."""
@@ -222,6 +225,12 @@ async def _fetch_records(self: Any, consumer: Any, active_partitions: Any,
     app = faust_consumer.app
     generation = app.consumer_generation_id
     deadline = time.monotonic() + (timeout or 0.0)
+    # partitions left out because their stream buffer is full: when one comes back, return
+    # (as a timeout would) so that the next fetch takes it, instead of waiting out the whole
+    # timeout on a snapshot without it (nothing else wakes this wait: aiokafka holds their
+    # records already, so no new data arrives)
+    buffered = getattr(faust_consumer, "_buffered_partitions", None)
+    held_back = frozenset(buffered) if buffered else frozenset()
     while True:
         if consumer._closed or fetcher._closed:
             raise ConsumerStoppedError()
@@ -239,6 +248,10 @@ async def _fetch_records(self: Any, consumer: Any, active_partitions: Any,
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return {}
+        if held_back:
+            if not held_back <= buffered:     # one is back (or revoked): fetch again
+                return {}
+            remaining = min(remaining, BUFFER_POLL)
         waiter = fetcher._create_fetch_waiter()
         _, pending = await asyncio.wait([waiter], timeout=remaining)
         for fut in pending:

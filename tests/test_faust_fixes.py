@@ -309,3 +309,70 @@ def test_upstream_fetch_hands_the_new_generations_records_to_the_old_fetch() -> 
     records, positions = asyncio.run(_fetch_across_a_rebalance(upstream))
     assert list(records) == [TP("shop.clickstream", 0)]
     assert positions == {TP("shop.clickstream", 0): 444}
+
+
+# -- a fetch that began while a stream partition was held back by a full buffer ------------
+async def _fetch_while_a_buffer_is_full(fetch_records: Any) -> tuple[dict, float]:
+    """The stream partition's queue is full (Faust's ``on_buffer_full``: the partition left
+    the active set, its records wait in aiokafka) when a fetch begins on the other, empty
+    partitions; then the agent drains the queue and ``on_buffer_drop`` puts the partition
+    back. Nothing new arrives from the broker, so nothing wakes aiokafka's fetch waiter.
+    Returns (records, seconds the fetch took). Found with the fast read loop
+    (``streams/faust_speedups.py``): every full buffer cost a whole 1 s getmany timeout."""
+    from aiokafka.consumer.fetcher import FetchResult
+
+    consumer, states, _ = _aiokafka_consumer()
+    stream = TP("shop.clickstream", 0)
+    other = TP("shop.orders", 0)
+    buffered = {stream}
+    thread = SimpleNamespace(consumer=SimpleNamespace(
+        flow_active=True, app=SimpleNamespace(consumer_generation_id=1),
+        _buffered_partitions=buffered))
+    states[stream] = _TPState(position=10)
+    fetcher = consumer._fetcher
+    fetcher._records[stream] = FetchResult(stream, assignment=fetcher.assignment,
+                                           partition_records=_PartitionRecords([10, 11]),
+                                           backoff=0)
+    active = {other}                                        # Faust's live set
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    task = asyncio.ensure_future(fetch_records(thread, consumer, active, timeout=1.0))
+    await asyncio.sleep(0.02)                               # the fetch is waiting
+    buffered.discard(stream)                                # on_buffer_drop
+    active.add(stream)
+    records = await task
+    return records, loop.time() - t0
+
+
+def test_a_fetch_returns_when_a_full_buffer_drains() -> None:
+    """The patched fetch returns (empty, as on a timeout) within milliseconds of the
+    partition's return, and leaves its records in aiokafka for the next fetch."""
+    records, took = asyncio.run(_fetch_while_a_buffer_is_full(
+        AIOKafkaConsumerThread._fetch_records))
+    assert records == {}
+    assert took < 0.5, f"the fetch waited {took:.2f} s after the buffer drained"
+
+
+def test_a_fetch_with_nothing_held_back_waits_for_data() -> None:
+    """No partition held back: the wait is not cut short (no polling at the tail)."""
+    async def run() -> tuple[dict, float]:
+        consumer, _, _ = _aiokafka_consumer()
+        thread = SimpleNamespace(consumer=SimpleNamespace(
+            flow_active=True, app=SimpleNamespace(consumer_generation_id=1),
+            _buffered_partitions=set()))
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        got = await AIOKafkaConsumerThread._fetch_records(
+            thread, consumer, {TP("shop.orders", 0)}, timeout=0.2)
+        return got, loop.time() - t0
+
+    got, took = asyncio.run(run())
+    assert got == {} and took >= 0.19
+
+
+def test_upstream_fetch_waits_out_its_timeout_after_a_full_buffer_drains() -> None:
+    """faust-streaming 0.15.3's own method: the partition's return wakes nothing, the fetch
+    takes its whole timeout."""
+    upstream = AIOKafkaConsumerThread._fetch_records.__wrapped_original__
+    records, took = asyncio.run(_fetch_while_a_buffer_is_full(upstream))
+    assert took >= 0.9
