@@ -14,6 +14,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -188,6 +189,12 @@ class Consumer:
         args = [PYTHON, "-m", "bench._apps"]
         if faust:
             args += ["worker", "-l", "warn"]
+        spy = os.environ.get("BENCH_PYSPY")   # a folder: profile each consumer into it
+        if spy:                                # (bench/profile_summary.py reads the files)
+            out = Path(spy) / f"{self.name}-{uuid.uuid4().hex[:6]}.speedscope.json"
+            py_spy = shutil.which("py-spy", path=str(Path(PYTHON).parent)) or "py-spy"
+            args = [py_spy, "record", "-f", "speedscope", "-r", "200", "--threads", "--idle",
+                    "-o", str(out), "--", *args]
         self.args = args
         self.proc: subprocess.Popen[bytes] | None = None
         self.started = 0.0
@@ -218,6 +225,15 @@ class Consumer:
 
         if self.proc is None:
             return
+        if os.environ.get("BENCH_PYSPY") and self.proc.poll() is None:
+            # stop py-spy's child, so that py-spy sees it exit and writes its profile
+            children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+            for pid in children.read_text().split() if children.exists() else ():
+                os.kill(int(pid), 15)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                pass
         stop_process(self.proc, 20)
         self._log.close()
 

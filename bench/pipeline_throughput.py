@@ -6,11 +6,15 @@ For each run: a fresh embedded broker; N events produced once to ``shop.clickstr
 beginning under its own consumer group, in its own process:
 
   raw        aiokafka getmany + orjson.loads (the limit of this machine)
-  decode     a Faust agent that only decodes (Faust's own ceiling, same Faust settings)
+  decode     a Faust agent that only decodes (Faust's own ceiling, same Faust settings,
+             faust-streaming 0.15.3's own read loop)
+  decode_fast  the same agent on the worker's read loop (``streams/faust_speedups.py``:
+             no tasks per record), the ceiling of the Faust runtime the worker runs on
   pipeline   the real worker: contract, engine with the online models (full scoring),
              segment changes delivered, RocksDB table with changelog (the production
              batched agent: state written once per key per batch)
   pipeline2  the same with two workers in one group (``--workers 2``)
+  pipeline_stock  the worker on faust-streaming's own read loop (``RETENTION_FAUST_FAST_DRAIN=0``)
   quix       Quix Streams 3.28: decode + contract + per-key state update, RocksDB + changelog
 
 Each consumer times itself from its first to its last event (start-up, group join and
@@ -35,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import _harness as H  # noqa: E402
 
-ALL_KINDS = ("raw", "decode", "pipeline", "pipeline2", "quix")
+ALL_KINDS = ("raw", "decode", "decode_fast", "pipeline", "pipeline_stock", "pipeline2", "quix")
 #: the batched prototype is now the production agent: old names still accepted
 ALIASES = {"batched": "pipeline", "batched2": "pipeline2"}
 
@@ -56,7 +60,10 @@ def one_run(args: argparse.Namespace, run: int, kinds: list[str], work: Path) ->
         order = kinds if run % 2 == 0 else list(reversed(kinds))   # alternate the order
         for kind in order:
             n_workers = 2 if kind == "pipeline2" else 1
-            app_kind = "pipeline" if kind.startswith("pipeline") else kind
+            app_kind = ("pipeline" if kind.startswith("pipeline") else
+                        "decode" if kind.startswith("decode") else kind)
+            # Faust's own read loop for the ceiling as Faust ships it, the patched one else
+            fast = "0" if kind == "decode" or kind.endswith("_stock") else "1"
             app_id = f"bench-{kind}-{run}"
             consumers = []
             for w in range(n_workers):
@@ -64,7 +71,8 @@ def one_run(args: argparse.Namespace, run: int, kinds: list[str], work: Path) ->
                 s = H.settings_for(broker.bootstrap, app_id, data, store=args.store)
                 if w == 0:
                     H.create_topics(s)
-                env = H.env_of(s, BENCH_SCORING="0" if args.no_scoring else "1")
+                env = H.env_of(s, BENCH_SCORING="0" if args.no_scoring else "1",
+                               RETENTION_FAUST_FAST_DRAIN=fast)
                 consumers.append(H.Consumer(app_kind, env, args.events, work,
                                             name=f"{kind}-{run}-{w}",
                                             faust=app_kind in ("decode", "pipeline")))
@@ -91,8 +99,10 @@ def one_run(args: argparse.Namespace, run: int, kinds: list[str], work: Path) ->
     return out
 
 
-RATIOS = [("pipeline", "decode"), ("pipeline", "raw"), ("decode", "raw"), ("quix", "decode"),
-          ("pipeline", "quix"), ("pipeline2", "pipeline"), ("pipeline2", "decode")]
+RATIOS = [("pipeline", "decode"), ("pipeline", "decode_fast"), ("pipeline", "raw"),
+          ("decode", "raw"), ("decode_fast", "decode"), ("pipeline", "pipeline_stock"),
+          ("pipeline_stock", "decode"), ("quix", "decode"), ("pipeline", "quix"),
+          ("pipeline2", "pipeline"), ("pipeline2", "decode")]
 
 
 def main() -> None:

@@ -20,6 +20,7 @@ from typing import Any
 import faust
 
 from streams.faust_fixes import apply_faust_fixes
+from streams.faust_speedups import apply_faust_speedups
 from streams.settings import Settings
 
 __all__ = ["Worker", "adaptive_fetch_wait", "app", "create_app"]
@@ -163,6 +164,8 @@ def create_app(settings: Settings | None = None,
     settings = settings or Settings.from_env()
     if not settings.disable_faust_fixes:
         apply_faust_fixes()
+    if settings.faust_fast_drain:
+        apply_faust_speedups()
     short_fetch_wait_on_embedded_broker()
     app = faust.App(settings.app_id, autodiscover=False, Worker=Worker,
                     **settings.faust_settings())

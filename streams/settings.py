@@ -84,6 +84,8 @@ class Settings:
     model_snapshot_interval: float = 30.0         # wall seconds between snapshots per partition
     #: only to prove that tests/test_streams_rebalance.py catches faust issue 596
     disable_faust_fixes: bool = False
+    #: Faust's read loop without four tasks per record (streams.faust_speedups); process wide
+    faust_fast_drain: bool = True
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -122,6 +124,7 @@ class Settings:
             flush_interval=max(0.0, float(get("FLUSH_INTERVAL", cls.flush_interval))),
             log_level=get("LOG_LEVEL", cls.log_level),
             disable_faust_fixes=_bool(get("DISABLE_FAUST_FIXES"), False),
+            faust_fast_drain=_bool(get("FAUST_FAST_DRAIN"), cls.faust_fast_drain),
             store_currency=get("STORE_CURRENCY", cls.store_currency).upper(),
             currency_rates=get("CURRENCY_RATES", cls.currency_rates),
             allowed_lateness=float(get("ALLOWED_LATENESS", cls.allowed_lateness)),
