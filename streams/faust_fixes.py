@@ -98,6 +98,23 @@ of each input partition after an assignment is at the committed offset; when it 
 (whatever the cause), it asks the group for a new assignment (``request_rejoin`` below), and
 Faust's recovery reads the partition again from the committed offset.
 
+A fetch that began while a stream buffer was full (found profiling the decode agent)
+====================================================================================
+
+When a stream's queue is under high pressure, Faust's conductor calls
+``Consumer.on_buffer_full(tp)``: the partition leaves the active set (its records stay in
+aiokafka) until ``on_buffer_drop(tp)`` puts it back. A fetch that began in between asks only
+for the other partitions; with nothing new on the broker for them, nothing wakes its wait, and
+it waits out its whole timeout (1 s) although the agent has long drained the queue and
+aiokafka holds the partition's next records. Measured with the fast read loop
+(``streams/faust_speedups.py``, which fills a queue faster than the agent empties it): every
+10,000 records, a 1.0 s getmany that returned nothing, about 4 s of a 6 s run. Upstream's own
+method does the same (tested), its slower loop just rarely fills a queue.
+
+The fix: while a partition that was held back when the fetch began is still held back, the
+wait is cut into 5 ms steps; as soon as one is back (or gone), the fetch returns nothing, as a
+timeout would, and Faust's next fetch includes it.
+
 The regression tests are ``tests/test_faust_fixes.py`` (both fixes against 0.15.3's own
 methods, no broker), ``tests/test_streams_rebalance.py`` (two worker processes, one is
 SIGTERMed mid-stream, every event is counted) and ``tests/test_faults.py`` (SIGKILLs and
