@@ -79,8 +79,11 @@ async def _resume(coro: Coroutine[Any, Any, Any], yielded: Any) -> Any:
             except StopIteration as stop:
                 return stop.value
     except asyncio.CancelledError:
-        # cancelled while waiting (flow suspended, worker stopping): cancel the coroutine at
-        # its await point, as Task.cancel would, so its finally blocks (locks) run
+        # cancelled while waiting (flow suspended, worker stopping): as Task.cancel does,
+        # cancel what the coroutine waits for, then cancel the coroutine at its await point,
+        # so that its finally blocks (locks) run
+        if yielded is not None:
+            yielded.cancel()
         try:
             coro.throw(asyncio.CancelledError())
         except (asyncio.CancelledError, StopIteration):
