@@ -23,9 +23,14 @@ import json
 from pathlib import Path
 
 
+#: prefixes cut from file names: the project's root, installed packages, the stdlib
+_CUTS = (str(Path(__file__).resolve().parents[1]) + "/", "site-packages/", "python3.11/",
+         "python3.12/")
+
+
 def _label(frame: dict) -> str:
     path = frame.get("file", "")
-    for cut in ("site-packages/", "/work/main/", "python3.11/", "python3.12/"):
+    for cut in _CUTS:
         path = path.split(cut)[-1]
     return f"{frame['name']} ({path})"
 

@@ -32,7 +32,7 @@ import logging
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any, cast
 
-__all__ = ["apply_faust_speedups", "run_until_suspended", "speedups_applied"]
+__all__ = ["apply_faust_speedups", "run_until_suspended"]
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +198,3 @@ def apply_faust_speedups() -> None:
     _drain_messages.__wrapped_original__ = Consumer._drain_messages  # type: ignore[attr-defined]
     Consumer._drain_messages = _drain_messages  # type: ignore[method-assign]
     _applied = True
-
-
-def speedups_applied() -> bool:
-    return _applied
