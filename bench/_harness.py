@@ -191,6 +191,7 @@ class Consumer:
             args += ["worker", "-l", "warn"]
         spy = os.environ.get("BENCH_PYSPY")   # a folder: profile each consumer into it
         if spy:                                # (bench/profile_summary.py reads the files)
+            Path(spy).mkdir(parents=True, exist_ok=True)
             out = Path(spy) / f"{self.name}-{uuid.uuid4().hex[:6]}.speedscope.json"
             py_spy = shutil.which("py-spy", path=str(Path(PYTHON).parent)) or "py-spy"
             args = [py_spy, "record", "-f", "speedscope", "-r", "200", "--threads", "--idle",

@@ -15,6 +15,8 @@ beginning under its own consumer group, in its own process:
              batched agent: state written once per key per batch)
   pipeline2  the same with two workers in one group (``--workers 2``)
   pipeline_stock  the worker on faust-streaming's own read loop (``RETENTION_FAUST_FAST_DRAIN=0``)
+  pipeline_gcoff  the worker with Python's own garbage collector (``RETENTION_GC_THRESHOLDS=off``,
+             see ``streams/gc_tuning.py``)
   quix       Quix Streams 3.28: decode + contract + per-key state update, RocksDB + changelog
 
 Each consumer times itself from its first to its last event (start-up, group join and
@@ -39,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import _harness as H  # noqa: E402
 
-ALL_KINDS = ("raw", "decode", "decode_fast", "pipeline", "pipeline_stock", "pipeline2", "quix")
+ALL_KINDS = ("raw", "decode", "decode_fast", "pipeline", "pipeline_stock", "pipeline_gcoff", "pipeline2", "quix")
 #: the batched prototype is now the production agent: old names still accepted
 ALIASES = {"batched": "pipeline", "batched2": "pipeline2"}
 
@@ -72,7 +74,9 @@ def one_run(args: argparse.Namespace, run: int, kinds: list[str], work: Path) ->
                 if w == 0:
                     H.create_topics(s)
                 env = H.env_of(s, BENCH_SCORING="0" if args.no_scoring else "1",
-                               RETENTION_FAUST_FAST_DRAIN=fast)
+                               RETENTION_FAUST_FAST_DRAIN=fast,
+                               # Python's own collector (streams/gc_tuning.py off)
+                               RETENTION_GC_THRESHOLDS="off" if kind.endswith("_gcoff") else "")
                 consumers.append(H.Consumer(app_kind, env, args.events, work,
                                             name=f"{kind}-{run}-{w}",
                                             faust=app_kind in ("decode", "pipeline")))
@@ -100,7 +104,7 @@ def one_run(args: argparse.Namespace, run: int, kinds: list[str], work: Path) ->
 
 
 RATIOS = [("pipeline", "decode"), ("pipeline", "decode_fast"), ("pipeline", "raw"),
-          ("decode", "raw"), ("decode_fast", "decode"), ("pipeline", "pipeline_stock"),
+          ("decode", "raw"), ("decode_fast", "decode"), ("pipeline", "pipeline_stock"), ("pipeline", "pipeline_gcoff"),
           ("pipeline_stock", "decode"), ("quix", "decode"), ("pipeline", "quix"),
           ("pipeline2", "pipeline"), ("pipeline2", "decode")]
 
@@ -117,6 +121,7 @@ def main() -> None:
     p.add_argument("--routed", action="store_true", help="route events to the 3 input topics")
     p.add_argument("--no-scoring", action="store_true", help="engine without the online models")
     p.add_argument("--json", help="write all figures here")
+    p.add_argument("--keep", action="store_true", help="keep the work dir (consumer logs)")
     args = p.parse_args()
     kinds = list(dict.fromkeys(ALIASES.get(k, k) for k in args.kinds.split(",") if k))
     if args.workers >= 2 and "pipeline2" not in kinds:
@@ -145,7 +150,10 @@ def main() -> None:
                   f"{', '.join(f'{x:.2f}' for x in vals):>30}")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "runs": runs}, indent=1))
-    shutil.rmtree(work, ignore_errors=True)
+    if args.keep:
+        print(f"work dir kept: {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

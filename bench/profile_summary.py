@@ -35,7 +35,19 @@ def _label(frame: dict) -> str:
     return f"{frame['name']} ({path})"
 
 
-def summarise(path: Path, window: str, top: int) -> None:
+def children(names: list[str], span: list[list[int]], under: str) -> collections.Counter[str]:
+    """Samples of ``span`` per direct callee of the outermost frame named ``under`` (its own
+    time as ``(self)``), so a function's cost splits into what it calls."""
+    out: collections.Counter[str] = collections.Counter()
+    for stack in span:
+        for depth, f in enumerate(stack):
+            if under in names[f]:
+                out[names[stack[depth + 1]] if depth + 1 < len(stack) else "(self)"] += 1
+                break
+    return out
+
+
+def summarise(path: Path, window: str, top: int, under: list[str] | None = None) -> None:
     doc = json.loads(path.read_text())
     names = [_label(f) for f in doc["shared"]["frames"]]
     profiles = doc["profiles"]
@@ -67,6 +79,11 @@ def summarise(path: Path, window: str, top: int) -> None:
         print("-- own")
         for name, count in own.most_common(top // 2):
             print(f"{100 * count / n:5.1f} {name}")
+        for fn in (under or []) if prof is main else []:
+            split = children(names, span, fn)
+            print(f"-- under {fn} ({100 * sum(split.values()) / n:.1f} %)")
+            for name, count in split.most_common(top // 2):
+                print(f"{100 * count / n:5.1f} {name}")
 
 
 def main() -> None:
@@ -75,9 +92,12 @@ def main() -> None:
     p.add_argument("--window", default="Topology.on_batch",
                    help="a function of the agent body (decode agent: 'register.<locals>.decode')")
     p.add_argument("--top", type=int, default=40)
+    p.add_argument("--under", action="append", metavar="FUNC",
+                   help="also split FUNC's time by its direct callees (repeatable), "
+                        "e.g. --under Topology._on_event")
     args = p.parse_args()
     for path in args.profiles:
-        summarise(path, args.window, args.top)
+        summarise(path, args.window, args.top, args.under)
 
 
 if __name__ == "__main__":

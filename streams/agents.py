@@ -49,6 +49,7 @@ from streams import topics as T
 from streams.batching import take_ready
 from streams.continuity import StartGuard
 from streams.faust_fixes import request_rejoin
+from streams.gc_tuning import freeze_startup
 from streams.outputs import create_output_producer
 from streams.processor import Message, PartitionProcessor
 from streams.settings import APP_VERSION, Settings
@@ -139,6 +140,9 @@ class Topology:
         self.guard = StartGuard()
         self.ack: Any = None            # ``stream.ack`` of the ingest agent (set there)
         self._inputs_of_generation: tuple[int, tuple[TP, ...]] | None = None
+        #: set by the worker process (``python -m streams worker``): ``gc.freeze()`` what is
+        #: alive at the first batch (streams/gc_tuning.py); off in-process (tests, tools)
+        self.freeze_gc_at_first_batch = False
 
 
     # -- runtimes --------------------------------------------------------------------
@@ -289,6 +293,8 @@ class Topology:
         for i, ev in enumerate(events):
             if ev.message.topic != clock_name:
                 last_input[ev.message.partition] = i
+        if not stats["batches"] and self.freeze_gc_at_first_batch:
+            freeze_startup()
         stats["batches"] += 1
         held: set[int] = set()                     # ids of events not processed: read again
         for i, ev in enumerate(events):

@@ -21,6 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from streams.gc_tuning import DEFAULT_THRESHOLDS as DEFAULT_GC_THRESHOLDS
+from streams.gc_tuning import parse_thresholds
+
 __all__ = ["APP_VERSION", "Settings"]
 
 APP_VERSION = "0.1.0"
@@ -86,6 +89,8 @@ class Settings:
     disable_faust_fixes: bool = False
     #: Faust's read loop without four tasks per record (streams.faust_speedups); process wide
     faust_fast_drain: bool = True
+    #: the garbage collector's thresholds (streams.gc_tuning); None: Python's, no freeze
+    gc_thresholds: tuple[int, int, int] | None = DEFAULT_GC_THRESHOLDS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -125,6 +130,7 @@ class Settings:
             log_level=get("LOG_LEVEL", cls.log_level),
             disable_faust_fixes=_bool(get("DISABLE_FAUST_FIXES"), False),
             faust_fast_drain=_bool(get("FAUST_FAST_DRAIN"), cls.faust_fast_drain),
+            gc_thresholds=parse_thresholds(get("GC_THRESHOLDS")),
             store_currency=get("STORE_CURRENCY", cls.store_currency).upper(),
             currency_rates=get("CURRENCY_RATES", cls.currency_rates),
             allowed_lateness=float(get("ALLOWED_LATENESS", cls.allowed_lateness)),

@@ -295,6 +295,13 @@ def test_prometheus_metrics(group: Group) -> None:
                   % group.settings.topic(INPUT)] == 1
     assert totals["retention_processing_seconds_count"] >= len(group.lines)
     assert totals['retention_worker_ready'] == 2
+    # the worker processes froze their start-up objects (streams/gc_tuning.py) and export
+    # their process and collector figures
+    for port in (group.port_a, group.port_b):
+        samples = _samples(http(port, "/metrics")[2].decode())
+        assert samples["retention_gc_frozen_objects"] > 10_000
+        assert samples["process_resident_memory_bytes"] > 50e6
+        assert 'python_gc_collections_total{generation="0"}' in samples
     assert any(k.startswith('retention_segment_changes_total{change="entered",segment="repeat"')
                for k in totals)
 

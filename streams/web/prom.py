@@ -25,16 +25,21 @@ name                                                   type     labels
 ``retention_model_drifts``                             gauge    ``model``
 ``retention_assigned_partitions``                      gauge
 ``retention_worker_ready``                             gauge    (1 ready, 0 not)
+``retention_gc_frozen_objects``                        gauge    (``gc.freeze()`` at the first batch)
 ``retention_info``                                     gauge    ``app_version``, ``definition_version``
+``process_*`` (CPU seconds, resident memory, open fds)  mixed    (prometheus_client's own)
+``python_gc_collections_total`` and ``python_gc_*``     counter  ``generation``
 =====================================================  =======  =============================
 """
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import (CollectorRegistry, GCCollector, Histogram, ProcessCollector,
+                               generate_latest)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -128,6 +133,9 @@ class _Collector:
                                 "runs an engine for", value=len(obs.topology.runtimes))
         yield GaugeMetricFamily("retention_worker_ready", "1 when the worker is ready",
                                 value=1 if self.ready() else 0)
+        yield GaugeMetricFamily("retention_gc_frozen_objects", "Objects moved out of the "
+                                "garbage collector's reach at the first batch "
+                                "(streams/gc_tuning.py)", value=gc.get_freeze_count())
         info = self.info()
         g = GaugeMetricFamily("retention_info", "Versions of this worker",
                               labels=sorted(info))
@@ -148,6 +156,11 @@ class Metrics:
                                     buckets=LATENCY_BUCKETS, registry=self.registry)
         observer.histogram = self.processing
         self.registry.register(_Collector(observer, app, ready, info))  # type: ignore[arg-type]
+        # the process (CPU, resident memory, open files) and its garbage collector
+        # (collections per generation; see streams/gc_tuning.py), as prometheus_client
+        # names them in its default registry
+        ProcessCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
