@@ -51,7 +51,9 @@ def summarise(path: Path, window: str, top: int, under: list[str] | None = None)
     doc = json.loads(path.read_text())
     names = [_label(f) for f in doc["shared"]["frames"]]
     profiles = doc["profiles"]
-    main = next(p for p in profiles if p["name"].endswith('"MainThread"'))
+    # py-spy names the main thread "MainThread", or leaves the name empty when it could
+    # not read it; it lists the main thread first
+    main = next((p for p in profiles if p["name"].endswith('"MainThread"')), profiles[0])
     hits = [i for i, s in enumerate(main["samples"]) if any(window in names[f] for f in s)]
     if not hits:
         raise SystemExit(f"{path}: no sample of the main thread holds {window!r}")

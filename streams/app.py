@@ -21,6 +21,7 @@ import faust
 
 from streams.faust_fixes import apply_faust_fixes
 from streams.faust_speedups import apply_faust_speedups
+from streams.embedded_offsets import patch_highwaters_on_embedded_broker
 from streams.gc_tuning import apply_thresholds as apply_gc_thresholds
 from streams.settings import Settings
 
@@ -168,6 +169,7 @@ def create_app(settings: Settings | None = None,
     if settings.faust_fast_drain:
         apply_faust_speedups()
     short_fetch_wait_on_embedded_broker()
+    patch_highwaters_on_embedded_broker()
     apply_gc_thresholds(settings.gc_thresholds)
     app = faust.App(settings.app_id, autodiscover=False, Worker=Worker,
                     **settings.faust_settings())

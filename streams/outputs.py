@@ -1,21 +1,19 @@
 """The producer of the worker's outputs: segment changes and their per-segment copies (dead
 letters stay on Faust's producer, where the web sensor counts them).
 
-Faust's own producer carries the table changelogs. On the embedded broker it must put one
-record in each produce batch (``producer_max_batch_size=1``): Tansu's ListOffsets is wrong
-for a batch of several records, and Faust's table recovery reads the changelog end from it
-(``../shared/BROKER.md``). Nobody recovers anything from the output topics, so they do not
-need that restriction, and paying it costs a lot on Tansu: a produce request to a partition
-that a consumer is reading at its tail costs the broker time that grows with the number of
-batches already in the partition (measured: 0.13 ms of broker CPU per single-record produce
-up to ~20,000 batches, 2-4 ms beyond 25,000; ``bench/tansu_produce_cost.py``). Downstream
-services read the change topics at their tail all the time.
+Faust's own producer carries the table changelogs and the dead letters. The outputs have
+a producer of their own, built by the same transport from the same settings (bootstrap
+servers, SASL/SSL credentials, acks, compression), with batching as the client's default
+(``OUTPUT_MAX_BATCH_BYTES``): the changes handed over during a batch of input events leave
+in a few produce requests, and a burst of table writes at a flush (Faust's producer buffer,
+which the conductor waits on when it holds more than 100 records) does not queue them.
 
-So the outputs go through a second Faust producer, built by the same transport from the
-same settings (bootstrap servers, SASL/SSL credentials, acks, compression), with batching
-as the client's default (``OUTPUT_MAX_BATCH_BYTES``): the changes handed over during a
-batch of input events leave in a few produce requests. On Apache Kafka nothing else
-changes: both producers batch there.
+(It was first made because Faust's producer had to put one record in each produce batch on
+the embedded broker, Tansu's ListOffsets being wrong for larger batches; the worker now
+corrects the end offsets instead, ``streams/embedded_offsets.py``, and both producers batch
+everywhere. Single-record produces cost Tansu time that grows with the batches already in a
+partition: 0.13 ms of broker CPU each up to ~20,000 batches, 2-4 ms beyond 25,000;
+``bench/tansu_produce_cost.py``.)
 
 Delivery semantics are unchanged: the agent awaits every output before it acks the events
 that caused them, and so before their offsets can be committed (``Topology.flush`` in

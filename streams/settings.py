@@ -246,8 +246,6 @@ class Settings:
         if timeout is not None:
             conf["broker_session_timeout"] = timeout
             conf["broker_heartbeat_interval"] = max(0.5, timeout / 6)
-        if self.embedded_broker:
-            conf["producer_max_batch_size"] = 1
         creds = self.faust_credentials()
         if creds is not None:
             conf["broker_credentials"] = creds

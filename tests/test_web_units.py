@@ -226,8 +226,13 @@ def test_prometheus_text_follows_the_naming_conventions() -> None:
     assert samples[("retention_model_auc", (("model", "churn_risk"),))] == 0.8
     assert ("retention_model_rolling_auc", (("model", "churn_risk"),)) not in samples
     assert samples[("retention_worker_ready", ())] == 1
+    assert samples[("retention_gc_frozen_objects", ())] >= 0
+    # prometheus_client's own process and collector families, as in its default registry
+    assert families["process_resident_memory_bytes"].type == "gauge"
+    assert families["python_gc_collections"].type == "counter"
     for name in families:
-        assert name.startswith("retention_") and name == name.lower()
+        assert name.startswith(("retention_", "process_", "python_gc_")), name
+        assert name == name.lower()
 
 
 # --------------------------------------------------------------------------- surface: auth, sampling
