@@ -80,11 +80,15 @@ class Load(threading.Thread):
         from kafka import KafkaProducer
 
         try:
-            # one record per batch: Tansu's ListOffsets is wrong for multi-record batches
-            # (not needed by the worker, but the check below must be exact), and generous
-            # timeouts so that a paused broker only delays the sends
-            producer = KafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=0,
-                                     batch_size=1, acks=1, retries=20,
+            # batching as a shop's Kafka client does by default (linger 5 ms): the offsets
+            # checked below come from each record's own metadata. With one record per
+            # produce request at 2,000/s, Tansu's cost per request grows with the batches in
+            # the partition (docs/BENCHMARKS.md, "The embedded broker's cost per produce
+            # request") until it fell behind the load: records expired after 180 s in 2 of
+            # 2 two-worker runs once the worker kept up at the tail. Generous timeouts, so
+            # that a paused broker only delays the sends.
+            producer = KafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=5,
+                                     acks=1, retries=20,
                                      request_timeout_ms=30_000, max_block_ms=120_000,
                                      delivery_timeout_ms=180_000)
             futures = []
