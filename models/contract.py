@@ -473,7 +473,8 @@ def validate_output(schema_name: str, record: dict) -> dict:
     Raises :class:`ContractError` (stage ``schema``); ``null`` values are kept (they mean something
     in outputs). Returns ``record`` unchanged.
     """
-    _load()
+    if _OUTPUT is None:               # compiled once (under a lock); not on every record
+        _load()
     assert _OUTPUT is not None
     check = _OUTPUT.get(schema_name.removesuffix(".v1"))
     if check is None:
