@@ -163,7 +163,7 @@ def build_pipeline() -> Any:
         COUNT.tick(sum(1 for ev in events if ev.message.topic != clock))
 
     topo.on_batch = counted  # type: ignore[method-assign]
-    topo.freeze_gc_at_first_batch = s.gc_thresholds is not None   # as python -m streams worker
+    topo.run_as_worker_process()          # as python -m streams worker (gc tuning)
     watch(topo)
     return app
 

@@ -82,8 +82,7 @@ def _run_worker(argv: list[str]) -> int:
         trust_local_tables(settings.data_dir)
     from streams.app import app
 
-    # a worker process: freeze what is alive at its first batch (streams/gc_tuning.py)
-    app.retention_topology.freeze_gc_at_first_batch = settings.gc_thresholds is not None
+    app.retention_topology.run_as_worker_process()
     sys.argv = ["python -m streams", *argv]
     code: object = 0
     try:

@@ -140,10 +140,16 @@ class Topology:
         self.guard = StartGuard()
         self.ack: Any = None            # ``stream.ack`` of the ingest agent (set there)
         self._inputs_of_generation: tuple[int, tuple[TP, ...]] | None = None
-        #: set by the worker process (``python -m streams worker``): ``gc.freeze()`` what is
-        #: alive at the first batch (streams/gc_tuning.py); off in-process (tests, tools)
+        #: ``gc.freeze()`` what is alive at the first batch (streams/gc_tuning.py): set by
+        #: :meth:`run_as_worker_process`; off in-process (tests, tools)
         self.freeze_gc_at_first_batch = False
 
+
+    def run_as_worker_process(self) -> None:
+        """This process is a worker (``python -m streams worker``): its garbage collector is
+        tuned (unless ``gc_thresholds`` is off), so it freezes what is alive at its first
+        batch."""
+        self.freeze_gc_at_first_batch = self.settings.gc_thresholds is not None
 
     # -- runtimes --------------------------------------------------------------------
     def runtime(self, partition: int, first: tuple[str, int] | None = None) -> Runtime:

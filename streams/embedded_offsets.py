@@ -35,11 +35,12 @@ _WAITS_MS = (500, 1500, 5000)
 
 async def true_end_offsets(client: Any, ends: dict[Any, int]) -> dict[Any, int]:
     """``ends`` (ListOffsets answers by ``TopicPartition``) corrected from the high-water
-    marks of fetch answers; ``client`` is an started ``AIOKafkaClient``."""
+    marks of fetch answers; ``client`` is a started ``AIOKafkaClient``."""
     from aiokafka.protocol.fetch import FetchRequest
 
     out = dict(ends)
     todo = {tp: end for tp, end in ends.items() if end > 0}
+    by_name = {(tp.topic, tp.partition): tp for tp in todo}
     for wait in _WAITS_MS:
         if not todo:
             break
@@ -59,9 +60,8 @@ async def true_end_offsets(client: Any, ends: dict[Any, int]) -> dict[Any, int]:
                 continue
             for topic, partitions in resp.topics:
                 for partition, error_code, highwater, *_ in partitions:
-                    tp = next((t for t in todo if t.topic == topic and t.partition == partition),
-                              None)
-                    if tp is None or error_code != 0:
+                    tp = by_name.get((topic, partition))
+                    if tp is None or tp not in todo or error_code != 0:
                         continue
                     out[tp] = max(out[tp], highwater)
                     del todo[tp]

@@ -47,7 +47,5 @@ def build(settings: Settings | None = None) -> faust.App:
 app = build()
 
 if __name__ == "__main__":
-    # a worker process, as ``python -m streams worker`` (streams/gc_tuning.py)
-    app.retention_topology.freeze_gc_at_first_batch = (
-        app.retention_settings.gc_thresholds is not None)
+    app.retention_topology.run_as_worker_process()
     app.main()
