@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from collections.abc import Mapping
 from typing import Any
 
 __all__ = ["patch_highwaters_on_embedded_broker", "true_end_offsets"]
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 _WAITS_MS = (500, 1500, 5000)
 
 
-async def true_end_offsets(client: Any, ends: dict[Any, int]) -> dict[Any, int]:
+async def true_end_offsets(client: Any, ends: Mapping[Any, int]) -> dict[Any, int]:
     """``ends`` (ListOffsets answers by ``TopicPartition``) corrected from the high-water
     marks of fetch answers; ``client`` is a started ``AIOKafkaClient``."""
     from aiokafka.protocol.fetch import FetchRequest
@@ -86,7 +87,7 @@ def patch_highwaters_on_embedded_broker() -> None:
         settings = getattr(self.app, "retention_settings", None)
         if settings is None or not settings.embedded_broker or self.consumer.in_transaction:
             return ends
-        return await true_end_offsets(self._ensure_consumer()._client, dict(ends))
+        return await true_end_offsets(self._ensure_consumer()._client, ends)
 
     cls._highwaters = _highwaters
     cls._retention_true_highwaters = True

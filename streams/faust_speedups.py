@@ -21,8 +21,9 @@ one task raced against ``suspend_flow`` by the same ``wait_first`` as before, so
 hand-off is still abandoned on a rebalance, as in 0.15.3. Everything else in the loop is
 0.15.3's code, unchanged.
 
-Measured in ``bench/pipeline_throughput.py`` (kinds ``decode`` with this patch, ``faust`` the
-stock loop): see ``docs/BENCHMARKS.md``. Turned off with ``RETENTION_FAUST_FAST_DRAIN=0``.
+Measured in ``bench/pipeline_throughput.py`` (kinds ``decode_fast`` with this patch,
+``decode`` the stock loop; ``pipeline`` and ``pipeline_stock`` the worker on each): see
+``docs/BENCHMARKS.md``. Turned off with ``RETENTION_FAUST_FAST_DRAIN=0``.
 """
 
 from __future__ import annotations

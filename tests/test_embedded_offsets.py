@@ -39,7 +39,7 @@ async def _produce_and_ask(bootstrap: str, topic: str) -> tuple[dict, dict]:
     try:
         tps = [TopicPartition(topic, p) for p in range(3)]
         listed = await consumer.end_offsets(tps)
-        true = await true_end_offsets(consumer._client, dict(listed))
+        true = await true_end_offsets(consumer._client, listed)
     finally:
         await consumer.stop()
     return ({tp.partition: v for tp, v in listed.items()},
