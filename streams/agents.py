@@ -199,8 +199,9 @@ class Topology:
                 log.info("partition %d: models restored (%s)", partition, hub.versions)
                 return hub
             except (SnapshotError, KeyError, ValueError) as exc:
-                log.error("partition %d: model snapshot refused (%s); starting new models",
-                          partition, exc)
+                log.error("partition %d: model snapshot refused (%s); starting new models. "
+                          "Every worker of an app must sign with the same key: set the same "
+                          "RETENTION_MODEL_KEY for all of them", partition, exc)
         return ModelHub(config)
 
     def _snapshot_models(self, rt: Runtime, force: bool = False) -> None:

@@ -31,6 +31,10 @@ APP_VERSION = "0.1.0"
 _TRUE = {"1", "true", "yes", "on"}
 
 
+#: bind addresses meaning "every interface": not an address to advertise
+_WILDCARD_BINDS = frozenset({"0.0.0.0", "::", "", "[::]"})
+
+
 def _bool(value: str | None, default: bool) -> bool:
     if value is None or value == "":
         return default
@@ -57,6 +61,9 @@ class Settings:
     web_enabled: bool = True
     web_port: int = 6066
     web_bind: str = "127.0.0.1"
+    #: the host other workers reach this one's web server by (routed /customers/<id> lookups);
+    #: None: the bind address, or this host's address when bound to all interfaces
+    web_host: str | None = None
     embedded_broker: bool = False
     # security passthrough (Faust and kafka-python)
     security_protocol: str = "PLAINTEXT"
@@ -112,6 +119,7 @@ class Settings:
             web_enabled=_bool(get("WEB_ENABLED"), cls.web_enabled),
             web_port=int(get("WEB_PORT", cls.web_port)),
             web_bind=get("WEB_BIND", cls.web_bind),
+            web_host=get("WEB_HOST"),
             embedded_broker=_bool(get("EMBEDDED_BROKER"), cls.embedded_broker),
             security_protocol=get("SECURITY_PROTOCOL", cls.security_protocol).upper(),
             sasl_mechanism=get("SASL_MECHANISM", cls.sasl_mechanism).upper(),
@@ -222,6 +230,34 @@ class Settings:
             return faust.SSLCredentials(context)
         return None
 
+    def advertised_web_host(self) -> str:
+        """The host name or address this worker's web server is reached at by the other
+        workers of the group (Faust's ``canonical_url``, in the assignor's metadata: a
+        ``/customers/<id>`` lookup is forwarded to the URL of the key's owner).
+
+        ``RETENTION_WEB_HOST`` when set; else the bind address, unless that is a wildcard
+        (``0.0.0.0``, ``::``), which is no address to send a request to: then the address
+        this host's name resolves to (a container's own address under Docker).
+
+        >>> Settings(web_bind="127.0.0.1").advertised_web_host()
+        '127.0.0.1'
+        >>> Settings(web_bind="0.0.0.0", web_host="worker-2.internal").advertised_web_host()
+        'worker-2.internal'
+        >>> Settings(web_bind="0.0.0.0").advertised_web_host() not in ("0.0.0.0", "")
+        True
+        """
+        if self.web_host:
+            return self.web_host
+        if self.web_bind not in _WILDCARD_BINDS:
+            return self.web_bind
+        import socket
+
+        name = socket.gethostname()
+        try:
+            return socket.gethostbyname(name)
+        except OSError:
+            return name
+
     def faust_settings(self) -> dict[str, Any]:
         """Keyword arguments for :class:`faust.App`."""
         conf: dict[str, Any] = {
@@ -236,7 +272,7 @@ class Settings:
             "web_enabled": self.web_enabled,
             "web_port": self.web_port,
             "web_bind": self.web_bind,
-            "web_host": self.web_bind,
+            "web_host": self.advertised_web_host(),
             # Faust's own table browser (/table/<name>/<key>/) would serve customer state with
             # no token: off. Operators use the token-protected /customers/<id> view.
             "web_tables_enabled": False,
