@@ -10,6 +10,7 @@ wheel the image installs (``pip install .``, not the editable install of the tes
 
 from __future__ import annotations
 
+import base64
 import fnmatch
 import re
 import tomllib
@@ -129,6 +130,12 @@ def test_worker_settings_come_out_as_intended() -> None:
     assert "PLAINTEXT://kafka:9092" in kafka["KAFKA_ADVERTISED_LISTENERS"]
     assert kafka["KAFKA_PROCESS_ROLES"] == "broker,controller"      # KRaft, no ZooKeeper
     assert interpolate(str(kafka["KAFKA_NUM_PARTITIONS"]), {}) == str(s.partitions)
+    # the broker's data is on its volume (the image's default log dir is under /tmp)
+    volume, _, mount = COMPOSE["services"]["kafka"]["volumes"][0].partition(":")
+    assert volume in COMPOSE["volumes"] and kafka["KAFKA_LOG_DIRS"] == mount
+    # KRaft formats the log dir with it: a base64url UUID (16 bytes), else the broker exits
+    cluster_id = interpolate(kafka["CLUSTER_ID"], {})
+    assert len(cluster_id) == 22 and len(base64.urlsafe_b64decode(cluster_id + "==")) == 16
 
 
 @pytest.mark.parametrize("secret", sorted(SECRETS))
