@@ -26,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 __all__ = ["BrokerError", "EmbeddedBroker", "create_topics", "find_broker_bin", "free_port",
            "stop_process", "wait_for_metadata"]
@@ -106,11 +107,12 @@ def wait_for_metadata(bootstrap: str, timeout: float = 15.0) -> None:
 
 
 def create_topics(bootstrap: str, topics: dict[str, int] | list[tuple[str, int, dict[str, str]]],
-                  replication: int = 1, timeout: float = 15.0) -> None:
+                  replication: int = 1, timeout: float = 15.0, **client: Any) -> None:
     """Create topics with their final partition count (the broker cannot add partitions).
 
     ``topics`` is ``{name: partitions}`` or ``[(name, partitions, configs)]``. Topics that
-    already exist are left alone.
+    already exist are left alone. ``client``: more kafka-python settings (the security
+    protocol, SASL and SSL of ``Settings.kafka_python_config``).
     """
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
@@ -121,7 +123,8 @@ def create_topics(bootstrap: str, topics: dict[str, int] | list[tuple[str, int, 
         specs = [(name, n, {}) for name, n in topics.items()]
     else:
         specs = list(topics)
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000),
+    admin = KafkaAdminClient(**{**client, "bootstrap_servers": bootstrap},
+                             request_timeout_ms=int(timeout * 1000),
                              client_id="retention-topic-init")
     try:
         existing = set(admin.list_topics())

@@ -26,10 +26,12 @@ def create_all_topics(settings: Settings) -> list[str]:
     from streams.broker import create_topics
 
     specs = T.catalogue(settings.app_id)
-    create_topics(",".join(settings.bootstrap_list),
+    client = settings.kafka_python_config()      # security protocol, SASL, SSL
+    bootstrap = ",".join(client.pop("bootstrap_servers"))
+    create_topics(bootstrap,
                   [(settings.topic(s.name) if not s.name.startswith(settings.app_id) else s.name,
                     settings.partitions, s.all_configs()) for s in specs],
-                  replication=settings.replication)
+                  replication=settings.replication, **client)
     return [s.name for s in specs]
 
 

@@ -112,6 +112,41 @@ def test_sasl_plaintext_is_passed_through_too():
     assert auth["security_protocol"] == "SASL_PLAINTEXT" and auth["ssl_context"] is None
 
 
+def test_topic_creation_uses_the_security_settings(monkeypatch):
+    """``python -m streams topics --create`` (the compose ``topics`` job) talks to the broker
+    with the same protocol and credentials as the worker, not in plain text. The admin client
+    is replaced by a recorder (it cannot connect anywhere here)."""
+    import kafka
+
+    from streams.cli import create_all_topics
+
+    seen: list[dict] = []
+
+    class Admin:
+        def __init__(self, **conf):
+            seen.append(conf)
+
+        def list_topics(self):
+            return []
+
+        def create_topics(self, topics, timeout_ms=None):
+            pass
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(kafka, "KafkaAdminClient", Admin)
+    s = Settings.from_env({"RETENTION_BROKER": "k1:9093,k2:9093",
+                           "RETENTION_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+                           "RETENTION_SASL_MECHANISM": "SCRAM-SHA-512",
+                           "RETENTION_SASL_USERNAME": "svc", "RETENTION_SASL_PASSWORD": "pw"})
+    assert create_all_topics(s)
+    assert seen and seen[0]["bootstrap_servers"] == "k1:9093,k2:9093"
+    assert seen[0]["security_protocol"] == "SASL_PLAINTEXT"
+    assert seen[0]["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert (seen[0]["sasl_plain_username"], seen[0]["sasl_plain_password"]) == ("svc", "pw")
+
+
 # --------------------------------------------------------------------------- secrets
 def _secret_fields(cls: type) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)
