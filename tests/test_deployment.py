@@ -117,6 +117,8 @@ def test_worker_settings_come_out_as_intended() -> None:
     assert not s.embedded_broker
     assert s.store == "rocksdb://" and s.data_dir == "/data"
     assert "/data" in COMPOSE["services"]["worker"]["volumes"]     # one volume per replica
+    # longer than the 20 s the tests give a worker's clean stop (tests/conftest.py)
+    assert int(COMPOSE["services"]["worker"]["stop_grace_period"].rstrip("s")) >= 30
     assert s.partitions == 4 and s.web_enabled
     # the same secret in every replica: a partition moving to another worker keeps its models
     assert s.snapshot_key() == SECRETS["RETENTION_MODEL_KEY"].encode()
