@@ -76,6 +76,11 @@ def dockerfile_env() -> dict[str, str]:
 SECRETS = {"RETENTION_MODEL_KEY": "k" * 64, "RETENTION_WEB_TOKEN": "t" * 32}
 
 
+def worker_container_env() -> dict[str, str]:
+    """What a worker container sees: the image's ``ENV``, then compose's environment."""
+    return {**dockerfile_env(), **service_env("worker", SECRETS)}
+
+
 class _Recording(dict):
     """An environment that notes every name asked for."""
 
@@ -111,7 +116,7 @@ def test_every_variable_set_is_one_the_code_reads() -> None:
 
 
 def test_worker_settings_come_out_as_intended() -> None:
-    env = {**dockerfile_env(), **service_env("worker", SECRETS)}
+    env = worker_container_env()
     s = Settings.from_env(env)
     assert s.broker == "kafka:9092" and s.bootstrap_list == ["kafka:9092"]
     assert not s.embedded_broker
@@ -154,7 +159,7 @@ def test_shared_secrets_are_required(secret: str) -> None:
 def test_health_check_asks_an_open_view_on_the_web_port() -> None:
     test = COMPOSE["services"]["worker"]["healthcheck"]["test"]
     url = urlparse(re.search(r"http://[^'\" ]+", " ".join(test)).group(0))
-    env = {**dockerfile_env(), **service_env("worker", SECRETS)}
+    env = worker_container_env()
     assert url.port == Settings.from_env(env).web_port
     # the views that answer without the token (tests/test_web_api.py checks them over HTTP)
     assert url.path in ("/health/live", "/health/ready")
