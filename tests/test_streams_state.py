@@ -210,3 +210,27 @@ def test_the_due_time_index_is_read_from_rocksdb_without_loading_states(tmp_path
     fresh = Engine(store=TableStore(FreshTable()))
     assert fresh.load_index(timers) == len(expected)
     assert sorted(fresh._heap) == expected and fresh._heap[0] == expected[0]
+
+
+def test_undo_snapshot_is_the_json_of_the_state_and_restores_it() -> None:
+    """The undo record is written from the dataclass directly (no ``to_dict`` first): it must
+    be the very bytes of ``to_dict()`` and restore an equal, independent state."""
+    from models.scoring import ModelHub
+    from models.simulator import SimConfig, simulate
+    from models.contract import parse_event
+    from streams.state import _restore, _snapshot
+
+    engine = Engine(scorer=ModelHub())
+    sim = simulate(SimConfig(n_customers=60, days=60, seed=3, usd_share=0.0))
+    for event in sim.events:
+        engine.process(parse_event(orjson.dumps(event)))
+    states = list(engine.store.values())
+    assert len(states) >= 50 and any(s.model_data for s in states) and any(s.session for s in states)
+    for state in states:
+        snap = _snapshot(state)
+        assert snap == orjson.dumps(state.to_dict())
+        back = _restore(snap)
+        assert back == state and back is not state
+        if back.segments:
+            back.segments.clear()
+            assert state.segments            # an independent copy
