@@ -25,7 +25,7 @@ from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["patch_highwaters_on_embedded_broker", "true_end_offsets"]
+__all__ = ["patch_highwaters_on_embedded_broker", "seek_to_true_end", "true_end_offsets"]
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,37 @@ async def true_end_offsets(client: Any, ends: Mapping[Any, int]) -> dict[Any, in
         log.warning("no high-water mark for %s: keeping the ListOffsets answers (they may be "
                     "short of the end)", sorted(map(str, todo)))
     return out
+
+
+def seek_to_true_end(consumer: Any, tps: list[Any], timeout: float = 30.0,
+                     strict: bool = False) -> dict[Any, int]:
+    """kafka-python: move the assigned ``tps`` of ``consumer`` to their true ends on the
+    embedded broker and return them. ListOffsets (``seek_to_end``) first, then each
+    non-empty partition is read from that end minus one until its fetch answer gives the
+    high-water mark, and the larger of the two is taken (the same correction as
+    :func:`true_end_offsets`, which does it with aiokafka for Faust). A partition whose mark
+    does not come within ``timeout`` keeps its ListOffsets answer, with a warning, or raises
+    ``TimeoutError`` when ``strict``."""
+    import time
+
+    ends = dict(consumer.end_offsets(tps))
+    todo = [tp for tp in tps if ends.get(tp, 0) > 0]
+    for tp in todo:
+        consumer.seek(tp, ends[tp] - 1)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(consumer.highwater(tp) is None for tp in todo):
+        consumer.poll(timeout_ms=500)
+    for tp in todo:
+        hw = consumer.highwater(tp)
+        if hw is None:
+            if strict:
+                raise TimeoutError(f"no high-water mark for {tp} in {timeout:g} s")
+            log.warning("no high-water mark for %s: keeping the ListOffsets answer", tp)
+        else:
+            ends[tp] = max(ends[tp], hw)
+    for tp in tps:
+        consumer.seek(tp, ends.get(tp, 0))
+    return ends
 
 
 def patch_highwaters_on_embedded_broker() -> None:

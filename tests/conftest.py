@@ -197,29 +197,22 @@ def produce_raw(bootstrap: str, topic: str, records: list[tuple[bytes | None, by
 def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
     """The true end of each partition of ``topic``: Tansu's ListOffsets is short when the
     last batch holds several records, so each non-empty partition is also fetched from its
-    reported end minus one and the high-water mark of that answer is taken (as the worker
-    does, ``streams/embedded_offsets.py``)."""
+    reported end minus one and the high-water mark of that answer is taken
+    (``streams.embedded_offsets.seek_to_true_end``, kafka-python; the worker's own correction
+    is a separate aiokafka one, and tests/test_embedded_offsets.py checks that they agree)."""
     from kafka import KafkaConsumer, TopicPartition
+
+    from streams.embedded_offsets import seek_to_true_end
 
     c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                       fetch_max_wait_ms=500)
     try:
         parts = c.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        ends = {tp: off for tp, off in c.end_offsets(tps).items()}
-        todo = [tp for tp, end in ends.items() if end > 0]
-        if todo:
-            c.assign(todo)
-            for tp in todo:
-                c.seek(tp, ends[tp] - 1)
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and any(c.highwater(tp) is None for tp in todo):
-                c.poll(timeout_ms=500)
-            for tp in todo:
-                hw = c.highwater(tp)
-                assert hw is not None, f"no high-water mark for {tp} in 30 s"
-                ends[tp] = max(ends[tp], hw)
-        return {tp.partition: off for tp, off in ends.items()}
+        if not tps:
+            return {}
+        c.assign(tps)
+        return {tp.partition: off for tp, off in seek_to_true_end(c, tps, strict=True).items()}
     finally:
         c.close()
 

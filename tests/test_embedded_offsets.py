@@ -8,6 +8,7 @@ producer batches on the embedded broker too."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -67,3 +68,44 @@ def test_faust_highwaters_are_patched_only_on_the_embedded_broker() -> None:
     create_app(Settings.from_env({"RETENTION_EMBEDDED_BROKER": "1"}),
                register=lambda app, s: None)
     assert getattr(driver.AIOKafkaConsumerThread, "_retention_true_highwaters", False)
+
+
+def test_tail_starts_at_the_true_end_not_inside_the_last_batch(broker: EmbeddedBroker,
+                                                               unique: str) -> None:
+    """``python -m streams tail`` on the embedded broker (``seek_to_true_end``): after one
+    batch of 300 records per partition, ListOffsets points inside it, so a plain
+    ``seek_to_end`` would print 299 old records per partition; the corrected seek prints only
+    what comes after."""
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+    from streams.embedded_offsets import seek_to_true_end
+
+    topic = f"tail-{unique}"
+    create_topics(broker.bootstrap, {topic: 2})
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=200,
+                             batch_size=1 << 20)
+    for i in range(600):
+        producer.send(topic, f"old-{i}".encode(), partition=i % 2)
+    producer.flush()
+    tps = [TopicPartition(topic, p) for p in range(2)]
+    consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, enable_auto_commit=False,
+                             fetch_max_wait_ms=200)
+    try:
+        consumer.assign(tps)
+        listed = consumer.end_offsets(tps)
+        assert all(listed[tp] < 300 for tp in tps)          # the broker's short answer
+        ends = seek_to_true_end(consumer, tps)
+        assert ends == {tp: 300 for tp in tps}
+        assert [consumer.position(tp) for tp in tps] == [300, 300]
+        for i in range(4):
+            producer.send(topic, f"new-{i}".encode(), partition=i % 2)
+        producer.flush()
+        seen: list[bytes] = []
+        deadline = time.monotonic() + 20
+        while len(seen) < 4 and time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=300).values():
+                seen.extend(r.value for r in records)
+        assert sorted(seen) == [b"new-0", b"new-1", b"new-2", b"new-3"]
+    finally:
+        consumer.close()
+        producer.close()
