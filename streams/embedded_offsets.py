@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
@@ -81,8 +82,6 @@ def seek_to_true_end(consumer: Any, tps: list[Any], timeout: float = 30.0,
     :func:`true_end_offsets`, which does it with aiokafka for Faust). A partition whose mark
     does not come within ``timeout`` keeps its ListOffsets answer, with a warning, or raises
     ``TimeoutError`` when ``strict``."""
-    import time
-
     ends = dict(consumer.end_offsets(tps))
     todo = [tp for tp in tps if ends.get(tp, 0) > 0]
     for tp in todo:
