@@ -579,8 +579,13 @@ class Topology:
                 if k.startswith(("entered:", "exited:")):
                     change, name = k.split(":", 1)
                     sizes[name] = sizes.get(name, 0) + (v if change == "entered" else -v)
+        try:
+            assigned = sorted({tp.partition for tp in self._assigned_inputs()})
+        except Exception:  # noqa: BLE001 - the consumer is not started yet
+            assigned = []
         return {"stats": dict(self.stats), "start_guard": dict(self.guard.stats),
-                "partitions": sorted(self.runtimes),
+                "assigned": assigned,          # by the group (input partitions)
+                "partitions": sorted(self.runtimes),   # with an engine (after an event)
                 "watermarks": {p: rt.processor.engine.clock.watermark
                                for p, rt in self.runtimes.items()},
                 "segment_sizes_since_start": sizes}

@@ -103,7 +103,10 @@ def _feed(worker, settings, web_port, rate, duration, customers, seed, days, bad
           say, log_path, KafkaConsumer, TopicPartition, SimConfig, iter_events, kafka_producer,
           produce_events) -> int:
     started = time.monotonic()
-    while _summary(web_port) is None:
+    # ready = the group has given the worker its partitions (the embedded broker holds a
+    # join for half the 6 s session timeout: the web views answer seconds before that)
+    summary: dict[str, Any] = {}
+    while not (summary := _summary(web_port) or {}).get("assigned"):
         if worker.poll() is not None:
             say(f"the worker exited with code {worker.returncode}; last lines of {log_path}:")
             say("\n".join(log_path.read_text(errors="replace").splitlines()[-20:]))
@@ -112,7 +115,8 @@ def _feed(worker, settings, web_port, rate, duration, customers, seed, days, bad
             say(f"the worker did not get ready in 90 s; see {log_path}")
             return 1
         time.sleep(0.2)
-    say(f"worker ready in {time.monotonic() - started:.1f} s (web: http://127.0.0.1:{web_port}/); "
+    say(f"worker ready in {time.monotonic() - started:.1f} s, consuming partitions "
+        f"{summary['assigned']} (web: http://127.0.0.1:{web_port}/); "
         f"feeding {customers} simulated shoppers at {rate:g} events/s")
 
     producer = kafka_producer(settings)

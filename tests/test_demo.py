@@ -24,6 +24,8 @@ def test_demo_runs_end_to_end_and_stops_cleanly(tmp_path: Path) -> None:
     text = out.stdout + out.stderr
     assert out.returncode == 0, text[-4000:]
     assert "stopped: worker exit code 0, broker stopped" in text, text[-4000:]
+    # "ready" once the group gave the worker its partitions, not when its web server answers
+    assert "consuming partitions [0, 1, 2, 3]" in text, text[:2000]
     summaries = re.findall(r"dead letters (\d+)\s+changes (\d+)", text)
     assert summaries, text[-4000:]
     dead, changes = map(int, summaries[-1])

@@ -225,6 +225,11 @@ def test_two_workers_reach_the_state_of_one(broker, workers, unique, tmp_path):
     sa, sb = summary(env_a), summary(env_b)
     assert set(sa["partitions"]) and set(sb["partitions"]), (sa, sb)
     assert not set(sa["partitions"]) & set(sb["partitions"])
+    # what the group assigned: split between the two, every partition once, and each worker's
+    # engines only for its own
+    assert sorted(sa["assigned"] + sb["assigned"]) == list(range(settings.partitions)), (sa, sb)
+    assert set(sa["partitions"]) <= set(sa["assigned"])
+    assert set(sb["partitions"]) <= set(sb["assigned"])
     assert sa["stats"]["processed"] + sb["stats"]["processed"] == len(lines)
     check_against_replay(broker, settings, lines)
     del parts_a
