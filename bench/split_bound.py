@@ -121,6 +121,19 @@ def _child(conn: Any, partitions: int) -> None:
         conn.send_bytes(reply)
 
 
+def records_of(events: list[dict], partitions: int) -> list[Record]:
+    """The events as a worker receives them: keyed by customer, on the partition Kafka's
+    default partitioner picks, with per-partition offsets, in stream order."""
+    offsets = [0] * partitions
+    records: list[Record] = []
+    for ev in events:
+        key = ev.get("customer_id") or ev["anonymous_id"]
+        part = partition_for(key, partitions)
+        records.append((TOPIC, part, offsets[part], key.encode(), orjson.dumps(ev), 4.0e9))
+        offsets[part] += 1
+    return records
+
+
 def _digest(outs: list[bytes], written: list[tuple[bytes, bytes]]) -> str:
     h = hashlib.sha256()
     for o in outs:
@@ -202,14 +215,7 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=3)
     args = p.parse_args()
 
-    events = simulator_events(args.events, args.customers)
-    offsets = [0] * args.partitions
-    records: list[Record] = []
-    for ev in events:
-        key = (ev.get("customer_id") or ev["anonymous_id"]).encode()
-        part = partition_for(key.decode(), args.partitions)
-        records.append((TOPIC, part, offsets[part], key, orjson.dumps(ev), 4.0e9))
-        offsets[part] += 1
+    records = records_of(simulator_events(args.events, args.customers), args.partitions)
     n = len(records)
     print(f"{n:,} simulator records, {args.customers:,} customers, {args.partitions} partitions, "
           f"batches of {args.batch}, flush every {args.flush_every}, {args.depth} in flight")

@@ -42,16 +42,8 @@ def test_outputs_states_and_models_do_not_depend_on_the_hash_seed() -> None:
 def test_domain_behind_a_pipe_gives_the_same_changes_and_states() -> None:
     from bench import split_bound as sb
     from bench._harness import simulator_events
-    from models.partitioning import partition_for
 
-    events = simulator_events(1_500, 300)
-    offsets = [0, 0, 0, 0]
-    records = []
-    for ev in events:
-        key = ev.get("customer_id") or ev["anonymous_id"]
-        part = partition_for(key, 4)
-        records.append((sb.TOPIC, part, offsets[part], key.encode(), sb.orjson.dumps(ev), 4.0e9))
-        offsets[part] += 1
+    records = sb.records_of(simulator_events(1_500, 300), 4)
     inproc = sb.run_inproc(records, 4, 100, 400)
     split = sb.run_split(records, 4, 100, 400, depth=3)
     assert split["digest"] == inproc["digest"]
