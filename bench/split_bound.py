@@ -232,7 +232,7 @@ def main() -> None:
                   f"{r['child_cpu'] / n * 1e6:6.1f} us/record   digest {r['digest']}")
     digests = {r["digest"] for rs in rows.values() for r in rs}
     med = {k: statistics.median(n / r["wall"] for r in rs) for k, rs in rows.items()}
-    ratio = [s["wall"] and i["wall"] / s["wall"] for i, s in zip(rows["inproc"], rows["split"])]
+    ratio = [i["wall"] / s["wall"] for i, s in zip(rows["inproc"], rows["split"])]
     parent = statistics.median(r["parent_cpu"] / n * 1e6 for r in rows["split"])
     own = statistics.median(r["parent_cpu"] / n * 1e6 for r in rows["inproc"])
     print(f"\n{'':28}{'median':>10}   runs")

@@ -76,7 +76,7 @@ async def true_end_offsets(client: Any, ends: Mapping[Any, int]) -> dict[Any, in
 def seek_to_true_end(consumer: Any, tps: list[Any], timeout: float = 30.0,
                      strict: bool = False) -> dict[Any, int]:
     """kafka-python: move the assigned ``tps`` of ``consumer`` to their true ends on the
-    embedded broker and return them. ListOffsets (``seek_to_end``) first, then each
+    embedded broker and return them. ListOffsets (``end_offsets``) first, then each
     non-empty partition is read from that end minus one until its fetch answer gives the
     high-water mark, and the larger of the two is taken (the same correction as
     :func:`true_end_offsets`, which does it with aiokafka for Faust). A partition whose mark
