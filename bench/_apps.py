@@ -176,7 +176,8 @@ def watch(topo: Any) -> None:
             try:
                 st = dict(topo.stats)
                 rts = list(topo.runtimes.values())
-                st["processed_engine"] = sum(rt.processor.processed for rt in rts)
+                st["processed_engine"] = sum(getattr(rt.processor, "processed", 0)
+                                             for rt in rts)
                 st["changes_engine"] = sum(rt.processor.engine.counters.get("changes", 0)
                                            for rt in rts)
                 COUNT.extra["stats"] = st

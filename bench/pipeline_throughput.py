@@ -41,7 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import _harness as H  # noqa: E402
 
-ALL_KINDS = ("raw", "decode", "decode_fast", "pipeline", "pipeline_stock", "pipeline_gcoff", "pipeline2", "quix")
+ALL_KINDS = ("raw", "decode", "decode_fast", "pipeline", "pipeline_split", "pipeline_stock",
+             "pipeline_gcoff", "pipeline2", "quix")
 #: the batched prototype is now the production agent: old names still accepted
 ALIASES = {"batched": "pipeline", "batched2": "pipeline2"}
 
@@ -76,7 +77,9 @@ def one_run(args: argparse.Namespace, run: int, kinds: list[str], work: Path) ->
                 env = H.env_of(s, BENCH_SCORING="0" if args.no_scoring else "1",
                                RETENTION_FAUST_FAST_DRAIN=fast,
                                # Python's own collector (streams/gc_tuning.py off)
-                               RETENTION_GC_THRESHOLDS="off" if kind.endswith("_gcoff") else "")
+                               RETENTION_GC_THRESHOLDS="off" if kind.endswith("_gcoff") else "",
+                               # the engines in a child process (streams/split.py)
+                               RETENTION_DOMAIN_PROCESS="1" if kind == "pipeline_split" else "")
                 consumers.append(H.Consumer(app_kind, env, args.events, work,
                                             name=f"{kind}-{run}-{w}",
                                             faust=app_kind in ("decode", "pipeline")))
@@ -106,7 +109,9 @@ def one_run(args: argparse.Namespace, run: int, kinds: list[str], work: Path) ->
 RATIOS = [("pipeline", "decode"), ("pipeline", "decode_fast"), ("pipeline", "raw"),
           ("decode", "raw"), ("decode_fast", "decode"), ("pipeline", "pipeline_stock"), ("pipeline", "pipeline_gcoff"),
           ("pipeline_stock", "decode"), ("quix", "decode"), ("pipeline", "quix"),
-          ("pipeline2", "pipeline"), ("pipeline2", "decode")]
+          ("pipeline2", "pipeline"), ("pipeline2", "decode"),
+          ("pipeline_split", "decode"), ("pipeline_split", "pipeline"),
+          ("pipeline_split", "quix"), ("pipeline_split", "pipeline2")]
 
 
 def main() -> None:

@@ -31,7 +31,6 @@ exactly by the per-customer source positions in the state).
 from __future__ import annotations
 
 import asyncio
-import heapq
 import logging
 import time
 import weakref
@@ -51,7 +50,8 @@ from streams.continuity import StartGuard
 from streams.faust_fixes import request_rejoin
 from streams.gc_tuning import freeze_startup
 from streams.outputs import create_output_producer
-from streams.processor import Message, PartitionProcessor
+from streams.processor import (Message, PartitionProcessor, change_records, open_processor,
+                               restore_hub)
 from streams.settings import APP_VERSION, Settings
 from streams.state import PartitionMeta, TableStore, partition_index, partition_keys
 
@@ -166,43 +166,20 @@ class Topology:
         engine = self._engine_cls(self.engine_config, catalog=self.catalog, store=store,
                                   scorer=hub)
         n_keys, timers = partition_index(self.customers, partition, n)
-        meta = self.meta.get(str(partition).encode())
-        if meta:
-            engine.import_meta(meta)
         committed = getattr(self.app.consumer, "_committed_offset", {})
         for topic in self.input_names:
             self.guard.expect(topic, partition, committed.get(TP(topic, partition)))
-        indexed = engine.load_index(timers)
+        processor = open_processor(partition, engine, self.meta.get(str(partition).encode()),
+                                   timers, APP_VERSION, self.settings.max_message_bytes)
         del timers
-        engine.clear_dirty()
-        processor = PartitionProcessor(partition, engine, APP_VERSION,
-                                       self.settings.max_message_bytes)
         rt = self.runtimes[partition] = Runtime(partition, processor, store)
-        log.info("partition %d: engine ready, %d keys, %d timers, watermark %s", partition,
-                 n_keys, indexed, engine.clock.watermark)
+        log.info("partition %d: %d keys", partition, n_keys)
         return rt
 
     def _load_hub(self, partition: int) -> Any:
-        """The partition's model hub: its last signed snapshot, or a new one. A snapshot whose
-        signature does not check is refused (never unpickled) and logged."""
-        import base64
-
-        from models.scoring import HubConfig, ModelHub
-        from models.scoring.hub import SnapshotError
-
-        config = HubConfig(snapshot_key=self._snapshot_key,
-                           session_timeout=self.engine_config.session_timeout)
-        saved = self.models.get(str(partition).encode())
-        if saved:
-            try:
-                hub = ModelHub.restore(base64.b64decode(saved["blob_b64"]), self._snapshot_key, config)
-                log.info("partition %d: models restored (%s)", partition, hub.versions)
-                return hub
-            except (SnapshotError, KeyError, ValueError) as exc:
-                log.error("partition %d: model snapshot refused (%s); starting new models. "
-                          "Every worker of an app must sign with the same key: set the same "
-                          "RETENTION_MODEL_KEY for all of them", partition, exc)
-        return ModelHub(config)
+        """The partition's model hub: its last signed snapshot, or a new one."""
+        return restore_hub(self.models.get(str(partition).encode()), self._snapshot_key,
+                           self.engine_config.session_timeout, partition)
 
     def _snapshot_models(self, rt: Runtime, force: bool = False) -> None:
         hub = rt.processor.engine.scorer
@@ -229,6 +206,9 @@ class Topology:
         if self._unacked:
             self._unacked = [ev for ev in self._unacked
                              if ev.message.partition not in partitions]
+
+    def on_stop(self) -> None:
+        """The worker stops; its last flush is done."""
 
     def max_event_time(self) -> float | None:
         times = [rt.processor.engine.clock.max_seen for rt in self.runtimes.values()]
@@ -467,22 +447,14 @@ class Topology:
         m = Message(msg.topic, msg.partition, msg.offset, msg.key, msg.value,
                     tuple((k, bytes(v) if v is not None else b"") for k, v in headers)
                     if headers else (), msg.timestamp if msg.timestamp else None)
-        store = rt.store
-        clock = rt.processor.engine.clock
-        before = (clock.max_seen, clock.late_events)
-        store.begin()
-        outcome = rt.processor.handle(m)
+        outcome = rt.processor.apply(m)
         if outcome.dead_letter is not None:
-            # a failed event leaves no state behind: only the keys it touched are put back
-            # as they were before it, the other events of the batch keep their changes
-            self._undo_event(rt, store.rollback(), before)
             dl = outcome.dead_letter
             sends.append((await self.dlq[msg.topic].send(
                 key=dl.key, value=orjson.dumps(dl.body), partition=msg.partition,
                 headers=dl.headers), msg))
             self.stats["dead_lettered"] += 1
             return None
-        store.commit()
         if outcome.skipped:
             self.stats["skipped"] += 1
         else:
@@ -490,21 +462,6 @@ class Topology:
         if outcome.outputs:
             await self._send_changes(outcome.outputs, msg, sends)
         return outcome.key
-
-    @staticmethod
-    def _undo_event(rt: Runtime, keys: list[str], clock_before: tuple[Any, Any]) -> None:
-        """After a rollback of ``keys``: the partition's event time as it was before the
-        failed event, and the timers of the restored keys back in the due-time index (the
-        failed event may have fired and popped them). A timer entry that was not popped is
-        now there twice: once the first fires and reschedules the key, the second is
-        skipped as stale (its due time no longer matches the state's). Engine counters
-        (statistics) are not rolled back."""
-        engine = rt.processor.engine
-        engine.clock.max_seen, engine.clock.late_events = clock_before
-        for key in keys:
-            state = engine.store.get(key)
-            if state is not None and state.due_at is not None:
-                heapq.heappush(engine._heap, (state.due_at, key))
 
     async def _on_tick(self, rt: Runtime, msg: Any, sends: list[tuple[Any, Any]]) -> None:
         try:
@@ -515,17 +472,11 @@ class Topology:
         if not self.caught_up(rt.partition):
             return
         self.stats["ticks"] += 1
-        store = rt.store
-        clock = rt.processor.engine.clock
-        before = (clock.max_seen, clock.late_events)
-        store.begin()
         try:
-            outputs = rt.processor.tick(at)
+            outputs = rt.processor.apply_tick(at)
         except Exception:  # noqa: BLE001
             log.exception("clock tick failed on partition %d", rt.partition)
-            self._undo_event(rt, store.rollback(), before)
             return
-        store.commit()
         if outputs:
             await self._send_changes(outputs, msg, sends)
 
@@ -533,19 +484,22 @@ class Topology:
                             sends: list[tuple[Any, Any]]) -> None:
         """Hand the changes (and their per-segment copies) to the output producer; their
         delivery is awaited by the next flush."""
+        await self._send_records(change_records(outputs), msg, sends)
+
+    async def _send_records(self, records: list[tuple[bytes, bytes, list[str]]], msg: Any,
+                            sends: list[tuple[Any, Any]]) -> None:
+        """Hand the changes (:func:`~streams.processor.change_records`) to the output
+        producer; their delivery is awaited by the next flush."""
         names = self.segment_topic_names
         send = self.outputs.send
         changes = self.changes_name
-        for change in outputs:
-            key = change["customer_id"].encode("utf-8")
-            body = orjson.dumps(change)
+        for key, body, segments in records:
             sends.append((await send(changes, key, body), msg))
-            segment = change.get("segment")
-            for seg in ([segment] if segment else change.get("previous_segments", ())):
+            for seg in segments:
                 topic = names.get(seg)
                 if topic is not None:
                     sends.append((await send(topic, key, body), msg))
-        self.stats["changes"] += len(outputs)
+        self.stats["changes"] += len(records)
 
     def _flush(self, t: _Touched) -> None:
         """Write the partition's changed customers once each (the keys of the flushed events
@@ -553,13 +507,9 @@ class Topology:
         last event since the previous flush as Faust's current event: Faust's RocksDB store
         and the changelog take the partition from it."""
         rt = t.rt
-        engine = rt.processor.engine
-        dirty = engine.dirty_keys()
-        if dirty:
-            rt.store.flush(dirty, last=t.keys)
-            engine.clear_dirty()
+        meta = rt.processor.flush_state(last=t.keys)
         # after the states of this flush, in the same changelog partition (see PartitionMeta)
-        self.meta[str(rt.partition).encode()] = engine.export_meta()
+        self.meta[str(rt.partition).encode()] = meta
         self._snapshot_models(rt)
 
     # -- clock -----------------------------------------------------------------------
@@ -593,7 +543,12 @@ class Topology:
 
 def register(app: faust.App, settings: Settings) -> Topology:
     """Register the retention topology on ``app``."""
-    topo = Topology(app, settings)
+    if settings.domain_process:
+        from streams.split import SplitTopology
+
+        topo: Topology = SplitTopology(app, settings)
+    else:
+        topo = Topology(app, settings)
 
     batch_max, within = settings.batch_max, settings.batch_within
 
@@ -616,6 +571,7 @@ def register(app: faust.App, settings: Settings) -> Topology:
                              len(events))
                     await asyncio.wait({task}, timeout=30.0)
                 await asyncio.wait({asyncio.ensure_future(topo.flush())}, timeout=30.0)
+                topo.on_stop()
                 raise
 
     @app.on_partitions_revoked.connect

@@ -10,6 +10,7 @@ lists in and lists out.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import time
 from collections.abc import Callable
@@ -21,7 +22,9 @@ from models.contract import (ContractError, dead_letter_record, event_key, parse
                              validate_output)
 from models.engine import Engine
 
-__all__ = ["DeadLetter", "Message", "Outcome", "PartitionProcessor", "dlq_headers"]
+__all__ = ["DeadLetter", "Message", "Outcome", "PartitionProcessor", "admit", "change_records",
+           "dead_letter",
+           "dlq_headers", "open_processor", "restore_hub"]
 
 log = logging.getLogger(__name__)
 
@@ -87,17 +90,15 @@ class PartitionProcessor:
         """One input message -> outputs or a dead letter. Never raises (except
         ``BaseException``s such as cancellation). On a processing error the engine's
         uncommitted changes are discarded by the caller via ``engine.dirty_keys()``."""
-        event: dict | None = None
         try:
-            event = parse_event(msg.value, self.max_bytes)  # type: ignore[arg-type]
-            key = event_key(event)
-            if msg.key is None:
-                raise ContractError("key", "message has no key (must be the customer key)")
-            if msg.key != key.encode("utf-8"):
-                raise ContractError("key", "message key is not the event's customer key "
-                                           "(customer_id, else anonymous_id)")
+            event, key = admit(msg, self.max_bytes)
         except ContractError as exc:
-            return self._dead(msg, exc, event)
+            return self._dead(msg, exc, getattr(exc, "event", None))
+        return self.handle_admitted(msg, event, key)
+
+    def handle_admitted(self, msg: Message, event: dict, key: str) -> Outcome:
+        """:meth:`handle` of a message that passed :func:`admit` (``event``, ``key``: what it
+        returned)."""
         engine = self.engine
         try:
             state = engine.store.get(key)
@@ -119,6 +120,64 @@ class PartitionProcessor:
         self.processed += 1
         return Outcome(outputs=outputs, key=key)
 
+    def apply(self, msg: Message, admitted: tuple[dict, str] | None = None) -> Outcome:
+        """:meth:`handle` (or :meth:`handle_admitted` with ``admitted``, what :func:`admit`
+        returned) inside the store's undo log (the engine's store is a
+        :class:`streams.state.TableStore`): a dead-lettered event leaves no state behind,
+        only the keys it touched are put back as they were before it (the other events
+        since the last flush keep their changes), and the partition's event time with it."""
+        store = self.engine.store
+        clock = self.engine.clock
+        before = (clock.max_seen, clock.late_events)
+        store.begin()
+        outcome = (self.handle(msg) if admitted is None
+                   else self.handle_admitted(msg, *admitted))
+        if outcome.dead_letter is not None:
+            self._undo(store.rollback(), before)
+        else:
+            store.commit()
+        return outcome
+
+    def apply_tick(self, t: float) -> list[dict]:
+        """:meth:`tick` inside the store's undo log; a failure is undone as in :meth:`apply`
+        and raised."""
+        store = self.engine.store
+        clock = self.engine.clock
+        before = (clock.max_seen, clock.late_events)
+        store.begin()
+        try:
+            outputs = self.tick(t)
+        except Exception:
+            self._undo(store.rollback(), before)
+            raise
+        store.commit()
+        return outputs
+
+    def flush_state(self, last: Any = None) -> dict[str, Any]:
+        """Write the engine's changed customers to the store's table once each (``last``:
+        the keys of the flushed events, written after the others, in order) and return the
+        partition meta to write after them."""
+        engine = self.engine
+        dirty = engine.dirty_keys()
+        if dirty:
+            engine.store.flush(dirty, last=last)
+            engine.clear_dirty()
+        return engine.export_meta()
+
+    def _undo(self, keys: list[str], clock_before: tuple[Any, Any]) -> None:
+        """After a rollback of ``keys``: the partition's event time as it was before the
+        failed event, and the timers of the restored keys back in the due-time index (the
+        failed event may have fired and popped them). A timer entry that was not popped is
+        now there twice: once the first fires and reschedules the key, the second is
+        skipped as stale (its due time no longer matches the state's). Engine counters
+        (statistics) are not rolled back."""
+        engine = self.engine
+        engine.clock.max_seen, engine.clock.late_events = clock_before
+        for key in keys:
+            state = engine.store.get(key)
+            if state is not None and state.due_at is not None:
+                heapq.heappush(engine._heap, (state.due_at, key))
+
     def observe(self, t: float) -> list[dict]:
         """Move this partition's event time to ``t`` (if later) and fire what is due."""
         clock = self.engine.clock
@@ -139,12 +198,93 @@ class PartitionProcessor:
 
     def _dead(self, msg: Message, exc: BaseException, event: dict | None) -> Outcome:
         self.dead_lettered += 1
-        body = dead_letter_record(exc, msg.value, msg.key, source_topic=msg.topic,
-                                  partition=msg.partition, offset=msg.offset,
-                                  app_version=self.app_version, at=self.wall(),
-                                  event=event, max_value_bytes=self.max_bytes)
-        from models.contract import SCHEMA_VERSION
+        return Outcome(dead_letter=dead_letter(msg, exc, event, self.app_version,
+                                               self.max_bytes, self.wall()))
 
-        headers = dlq_headers(msg, body["stage"], body["error"], self.app_version,
-                              SCHEMA_VERSION)
-        return Outcome(dead_letter=DeadLetter(msg.key, msg.value, body, headers))
+
+def admit(msg: Message, max_bytes: int) -> tuple[dict, str]:
+    """The edge's rules, before any state: the event decoded and validated against its
+    schema, and its customer key, which must be the message key (co-partitioning depends
+    on it). Raises :class:`ContractError` (its ``event`` attribute: the decoded event, when
+    it got that far)."""
+    event: dict | None = None
+    try:
+        event = parse_event(msg.value, max_bytes)  # type: ignore[arg-type]
+        key = event_key(event)
+        if msg.key is None:
+            raise ContractError("key", "message has no key (must be the customer key)")
+        if msg.key != key.encode("utf-8"):
+            raise ContractError("key", "message key is not the event's customer key "
+                                       "(customer_id, else anonymous_id)")
+    except ContractError as exc:
+        exc.event = event                               # type: ignore[attr-defined]
+        raise
+    return event, key
+
+
+def dead_letter(msg: Message, exc: BaseException, event: dict | None, app_version: str,
+                max_bytes: int, at: float) -> DeadLetter:
+    """The dead letter of ``msg``: the ``dead_letter`` v1 record, the original bytes and
+    the ``dlq.*`` headers."""
+    from models.contract import SCHEMA_VERSION
+
+    body = dead_letter_record(exc, msg.value, msg.key, source_topic=msg.topic,
+                              partition=msg.partition, offset=msg.offset,
+                              app_version=app_version, at=at, event=event,
+                              max_value_bytes=max_bytes)
+    headers = dlq_headers(msg, body["stage"], body["error"], app_version, SCHEMA_VERSION)
+    return DeadLetter(msg.key, msg.value, body, headers)
+
+
+def restore_hub(saved: Any, snapshot_key: bytes, session_timeout: float, partition: int) -> Any:
+    """A partition's model hub from its saved snapshot (``{"blob_b64": ...}`` as kept in the
+    models table), or a new one. A snapshot whose signature does not check is refused (never
+    unpickled) and logged."""
+    import base64
+
+    from models.scoring import HubConfig, ModelHub
+    from models.scoring.hub import SnapshotError
+
+    config = HubConfig(snapshot_key=snapshot_key, session_timeout=session_timeout)
+    if saved:
+        try:
+            hub = ModelHub.restore(base64.b64decode(saved["blob_b64"]), snapshot_key, config)
+            log.info("partition %d: models restored (%s)", partition, hub.versions)
+            return hub
+        except (SnapshotError, KeyError, ValueError) as exc:
+            log.error("partition %d: model snapshot refused (%s); starting new models. "
+                      "Every worker of an app must sign with the same key: set the same "
+                      "RETENTION_MODEL_KEY for all of them", partition, exc)
+    return ModelHub(config)
+
+
+def change_records(outputs: list[dict]) -> list[tuple[bytes, bytes, list[str]]]:
+    """The segment changes as sent: ``(customer key, JSON body, segments)`` each, the
+    segments being those whose topic gets a copy (the entered one, else the ones left).
+
+    >>> change_records([{"customer_id": "c1", "segment": None,
+    ...                  "previous_segments": ["vip"]}])[0][::2]
+    (b'c1', ['vip'])
+    """
+    import orjson
+
+    out = []
+    for change in outputs:
+        segment = change.get("segment")
+        out.append((change["customer_id"].encode("utf-8"), orjson.dumps(change),
+                    [segment] if segment else list(change.get("previous_segments", ()))))
+    return out
+
+
+def open_processor(partition: int, engine: Engine, meta: dict | None,
+                   timers: list[tuple[float, str]], app_version: str,
+                   max_bytes: int) -> PartitionProcessor:
+    """The processor of a partition whose engine was just built over its restored store:
+    the engine meta (clock, counters) and the due-time index put back."""
+    if meta:
+        engine.import_meta(meta)
+    indexed = engine.load_index(timers)
+    engine.clear_dirty()
+    log.info("partition %d: engine ready, %d timers, watermark %s", partition, indexed,
+             engine.clock.watermark)
+    return PartitionProcessor(partition, engine, app_version, max_bytes)

@@ -96,6 +96,8 @@ class Settings:
     disable_faust_fixes: bool = False
     #: Faust's read loop without four tasks per record (streams.faust_speedups); process wide
     faust_fast_drain: bool = True
+    #: the engines in a child process (streams.domain_process): two cores per worker
+    domain_process: bool = False
     #: the garbage collector's thresholds (streams.gc_tuning); None: Python's, no freeze
     gc_thresholds: tuple[int, int, int] | None = DEFAULT_GC_THRESHOLDS
 
@@ -146,6 +148,7 @@ class Settings:
             models=_bool(get("MODELS"), cls.models),
             model_key=get("MODEL_KEY"),
             model_snapshot_interval=float(get("MODEL_SNAPSHOT_INTERVAL", cls.model_snapshot_interval)),
+            domain_process=_bool(get("DOMAIN_PROCESS"), cls.domain_process),
         )
 
     def snapshot_key(self) -> bytes:

@@ -147,8 +147,8 @@ class TableStore(MutableMapping[str, CustomerState]):
         # RocksDB decodes a fresh value on every read, so the table holds an independent
         # copy of every flushed state. A dict or the memory store hands back the very
         # object it was given: reads and undo records are copied there.
-        self._fresh_reads = isinstance(getattr(getattr(table, "data", None), "_dbs", None),
-                                       dict)
+        self._fresh_reads = getattr(table, "fresh_reads", False) or isinstance(
+            getattr(getattr(table, "data", None), "_dbs", None), dict)
         self.reads = 0
         self.writes = 0
 

@@ -1,0 +1,502 @@
+"""A worker in two processes: the Faust side (``RETENTION_DOMAIN_PROCESS=on``).
+
+:class:`SplitTopology` is the :class:`~streams.agents.Topology` whose engines live in a child
+process (:mod:`streams.domain_process`). Per batch, the Faust side checks the start guard,
+decides the clock ticks (as the one-process worker does), ships the raw records to the
+child and goes back to Faust for the next batch without waiting: the child works on batch
+*k* while Faust reads batch *k + 1* (at most ``DEPTH`` batches in flight). A reader task
+takes the child's answers in order and hands the changes and dead letters to the producers
+at once, so latency does not wait for a flush.
+
+The flush keeps the one-process guarantees, in the same order: every batch answered, the
+child's changed states of the flush taken (in the order to write them, the meta last),
+every output delivered, the states and meta written to the table with the partition's last
+event as Faust's current event (so they reach the partition's RocksDB and changelog), then
+the events acked. A state reaches the table at most once per flush interval; a committed
+offset always has its state and outputs on the broker.
+
+If the child ends, the worker ends at once (exit status 70): nothing since the last flush
+was acked, so the group replays it from the committed offsets, skipped exactly by the
+per-customer source positions. The web views read the engines' counters and clocks as of
+the child's last answer, a customer's state as of the last flush (at most
+``RETENTION_FLUSH_INTERVAL`` old) and the models' report as of the last refresh (every
+``REPORT_EVERY`` seconds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import marshal
+import os
+import struct
+import sys
+import time
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from faust.streams import _current_event
+from faust.types import TP
+
+from models.contract import ContractError
+from models.state import CustomerState
+from streams.agents import Topology, _Touched
+from streams.gc_tuning import freeze_startup
+from streams.processor import DeadLetter, Message, admit, dead_letter
+from streams.settings import APP_VERSION
+from streams.state import partition_keys
+
+__all__ = ["DomainClient", "SplitTopology"]
+
+log = logging.getLogger(__name__)
+
+_LEN = struct.Struct(">I")
+#: batches shipped to the child and not yet answered, at most
+DEPTH = int(os.environ.get("RETENTION_SPLIT_DEPTH", "2"))
+#: seconds between two refreshes of the models' report shown by the web views
+REPORT_EVERY = 2.0
+#: the worker's exit status when its domain process ends
+EXIT_DOMAIN_LOST = 70
+
+
+class DomainClient:
+    """The child process and its frames (see :mod:`streams.domain_process`)."""
+
+    def __init__(self, settings: Any, on_frame: Any) -> None:
+        self.settings = settings
+        self.on_frame = on_frame
+        self.proc: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task | None = None
+        self.stopping = False
+
+    async def start(self) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "streams.domain_process",
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            limit=1 << 26)
+        self.send(("settings", dataclasses.asdict(self.settings)))
+        self._reader = asyncio.ensure_future(self._read())
+        log.info("domain process %d started", self.proc.pid)
+
+    def send(self, frame: tuple) -> None:
+        assert self.proc is not None and self.proc.stdin is not None
+        body = marshal.dumps(frame)
+        self.proc.stdin.write(_LEN.pack(len(body)) + body)
+
+    async def drain(self) -> None:
+        assert self.proc is not None and self.proc.stdin is not None
+        await self.proc.stdin.drain()
+
+    async def _read(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        out = self.proc.stdout
+        try:
+            while True:
+                head = await out.readexactly(4)
+                frame = marshal.loads(await out.readexactly(_LEN.unpack(head)[0]))
+                await self.on_frame(frame)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - the worker cannot go on without it
+            if self.stopping:
+                return
+            code = self.proc.returncode
+            log.critical("the domain process ended (%s: %s, exit status %s): stopping this "
+                         "worker; what was not acked is replayed from the committed "
+                         "offsets", type(exc).__name__, str(exc)[:300], code,
+                         exc_info=not isinstance(exc, asyncio.IncompleteReadError))
+            logging.shutdown()
+            os._exit(EXIT_DOMAIN_LOST)
+
+    async def stop(self) -> None:
+        if self.proc is None or self.stopping:
+            return
+        self.stopping = True
+        try:
+            self.send(("stop",))
+            await self.drain()
+            await asyncio.wait_for(self.proc.wait(), timeout=10.0)
+        except Exception:  # noqa: BLE001
+            self.proc.kill()
+        if self._reader is not None:
+            self._reader.cancel()
+
+
+@dataclass
+class _Clock:
+    max_seen: float | None = None
+    watermark: float | None = None
+    late_events: int = 0
+
+
+class _TableReader:
+    """A customer's state as of the last flush, from the Faust table."""
+
+    def __init__(self, table: Any, partition: int, partitions: int) -> None:
+        self.table = table
+        self.partition = partition
+        self.partitions = partitions
+
+    def get(self, key: str, default: Any = None) -> Any:
+        raw = self.table.get(key.encode("utf-8"))
+        return CustomerState.from_dict(raw) if isinstance(raw, dict) else default
+
+    def __iter__(self) -> Any:
+        return iter(partition_keys(self.table, self.partition, self.partitions))
+
+
+@dataclass
+class EngineMirror:
+    """What the Faust side knows of an engine in the child: its counters and clock as of the
+    child's last answer, its states as of the last flush."""
+
+    store: Any
+    counters: dict[str, int] = field(default_factory=dict)
+    clock: _Clock = field(default_factory=_Clock)
+    scorer: Any = None
+
+
+@dataclass
+class _RemoteProcessor:
+    partition: int
+    engine: EngineMirror
+
+
+@dataclass
+class _RemoteRuntime:
+    partition: int
+    processor: _RemoteProcessor
+    store: Any = None
+    positions: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class _Shipped:
+    """A batch in the child: its input messages, in order, each with its dead letter when
+    it was refused here (the contract), else None (the child answers for it)."""
+
+    messages: list[tuple[Any, Any]]
+    done: asyncio.Future
+
+
+class SplitTopology(Topology):
+    """The topology with its engines in a :mod:`streams.domain_process` child."""
+
+    def __init__(self, app: Any, settings: Any) -> None:
+        super().__init__(app, settings)
+        self.client = DomainClient(settings, self._on_frame)
+        self._seq = 0
+        self._shipped: dict[int, _Shipped] = {}
+        self._requests: dict[int, asyncio.Future] = {}
+        self._flush_replies: dict[int, asyncio.Future] = {}
+        self._completion: asyncio.Future | None = None
+        self._report: tuple[list[int], dict | None] = ([], None)
+        self._report_at = 0.0
+        self._report_pending = False
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def ensure_started(self) -> None:
+        if self.client.proc is None:
+            if not hasattr(self.customers.data, "_db_for_partition"):
+                raise RuntimeError("RETENTION_DOMAIN_PROCESS needs the RocksDB store "
+                                   "(RETENTION_STORE=rocksdb://)")
+            await self.client.start()
+
+    def runtime(self, partition: int, first: tuple[str, int] | None = None) -> Any:
+        rt = self.runtimes.get(partition)
+        if rt is not None:
+            return rt
+        data = self.customers.data
+        data._db_for_partition(partition)            # opened (and created) by Faust
+        path = str(data.partition_path(partition))
+        saved = self.models.get(str(partition).encode()) if self.settings.models else None
+        committed = getattr(self.app.consumer, "_committed_offset", {})
+        for topic in self.input_names:
+            self.guard.expect(topic, partition, committed.get(TP(topic, partition)))
+        meta = self.meta.get(str(partition).encode()) or {}
+        mirror = EngineMirror(_TableReader(self.customers, partition, self.settings.partitions),
+                              counters=dict(meta.get("counters", {}) or {}))
+        self.client.send(("start", partition, path, dict(saved) if saved else None))
+        rt = self.runtimes[partition] = _RemoteRuntime(partition,
+                                                       _RemoteProcessor(partition, mirror))
+        return rt
+
+    def forget(self, partitions: set[int]) -> None:
+        super().forget(partitions)
+        if self.client.proc is not None:
+            self.client.send(("forget", sorted(partitions)))
+
+    # -- per batch --------------------------------------------------------------------------
+    async def on_batch(self, events: Sequence[Any]) -> None:
+        """Ship one batch to the child (the start guard and the clock ticks decided here, as
+        :meth:`Topology.on_batch` does); its answer is handled by :meth:`_on_frame`. Waits
+        while ``DEPTH`` batches are in the child. Never raises (except cancellation)."""
+        await self.ensure_started()
+        touched = self._touched
+        stats = self.stats
+        set_event = _current_event.set
+        clock_name = self.clock_name
+        last_input: dict[int, int] = {}
+        for i, ev in enumerate(events):
+            if ev.message.topic != clock_name:
+                last_input[ev.message.partition] = i
+        if not stats["batches"] and self.freeze_gc_at_first_batch:
+            freeze_startup()
+        stats["batches"] += 1
+        held: set[int] = set()
+        records: list[tuple] = []
+        messages: list[tuple[Any, DeadLetter | None]] = []
+        max_bytes = self.settings.max_message_bytes
+        for i, ev in enumerate(events):
+            msg = ev.message
+            stats["messages"] += 1
+            set_event(weakref.ref(ev))
+            try:
+                p = msg.partition
+                t = touched.get(p)
+                if t is None:
+                    rt = self.runtime(p)
+                    t = touched[p] = _Touched(rt, ev)
+                else:
+                    rt = t.rt
+                    t.event = ev
+                if msg.topic != clock_name:
+                    verdict = self.guard.check(msg.topic, p, msg.offset)
+                    if verdict == "gap":
+                        log.error("input %s[%d]: no records from offset %d to %d on reading "
+                                  "again; going on from %d", msg.topic, p,
+                                  *self.guard.last_gap[2:], msg.offset)
+                    elif verdict != "ok":
+                        held.add(id(ev))
+                        await self._hold(msg, verdict)
+                        continue
+                rt.positions[msg.topic] = msg.offset
+                if msg.topic == clock_name:
+                    if last_input.get(p, -1) < i:
+                        try:
+                            at = float(orjson.loads(msg.value)["at"])
+                        except Exception:  # noqa: BLE001 - a bad tick is ignored
+                            log.warning("ignoring bad clock tick at %s@%s", p, msg.offset)
+                            continue
+                        if not self.caught_up(p):
+                            continue
+                        stats["ticks"] += 1
+                        records.append(("t", p, at))
+                        messages.append((msg, None))
+                else:
+                    # the contract here, the engine there: it balances the two processes
+                    headers = msg.headers
+                    m = Message(msg.topic, p, msg.offset, msg.key, msg.value,
+                                tuple((k, bytes(v) if v is not None else b"")
+                                      for k, v in headers) if headers else (),
+                                msg.timestamp if msg.timestamp else None)
+                    try:
+                        event, key = admit(m, max_bytes)
+                    except ContractError as exc:
+                        messages.append((msg, dead_letter(m, exc, getattr(exc, "event", None),
+                                                          APP_VERSION, max_bytes, time.time())))
+                        continue
+                    records.append(("e", m.topic, p, m.offset, m.key, m.value, m.headers,
+                                    m.timestamp, event, key))
+                    messages.append((msg, None))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - never let an exception kill the agent
+                stats["errors"] += 1
+                log.exception("unexpected error at %s[%s]@%s", msg.topic, msg.partition,
+                              msg.offset)
+                if msg.topic in self.dlq:
+                    await self._dead_letter_unexpected(msg, exc)
+        if messages:
+            seq = self._seq = self._seq + 1
+            done = asyncio.get_running_loop().create_future()
+            self._shipped[seq] = _Shipped(messages, done)
+            # (even with only refused records: their dead letters go in their order)
+            self.client.send(("batch", seq, records))
+            await self.client.drain()
+        if held:
+            self._unacked.extend(ev for ev in events if id(ev) not in held)
+        else:
+            self._unacked.extend(events)
+        while len(self._shipped) > DEPTH:
+            await asyncio.shield(next(iter(self._shipped.values())).done)
+        if self.flush_due():
+            await self.flush(wait=False)
+
+    async def _on_frame(self, frame: tuple) -> None:
+        """An answer of the child (in the order of the frames sent)."""
+        kind, seq = frame[0], frame[1]
+        if kind == "batch":
+            shipped = self._shipped.pop(seq)
+            try:
+                await self._on_results(shipped.messages, frame[2], frame[3])
+            except Exception:  # noqa: BLE001 - counted and logged; the batch is done
+                self.stats["errors"] += 1
+                log.exception("handling the results of batch %d failed", seq)
+            finally:
+                shipped.done.set_result(None)
+        elif kind == "flush":
+            # every batch before the flush has been answered: its outputs are in _sends
+            sends, self._sends = self._sends, []
+            self._flush_replies.pop(seq).set_result((frame[2], sends))
+        else:
+            fut = self._requests.pop(seq, None)
+            if fut is not None and not fut.done():
+                fut.set_result(frame[2])
+
+    async def _on_results(self, messages: list[tuple[Any, DeadLetter | None]],
+                          results: list[tuple], clocks: dict[int, tuple]) -> None:
+        """The records of one batch, in order: refused here (their dead letter made), or
+        answered by the child."""
+        stats = self.stats
+        sends = self._sends
+        answers = iter(results)
+        for msg, refused in messages:
+            if refused is not None:
+                res: tuple = ("dead", refused.key, orjson.dumps(refused.body),
+                              refused.headers)
+            else:
+                res = next(answers)
+            kind = res[0]
+            if kind in ("ok", "skip"):
+                stats["processed" if kind == "ok" else "skipped"] += 1
+                if res[2]:
+                    await self._send_records(res[2], msg, sends)
+            elif kind == "dead":
+                sends.append((await self.dlq[msg.topic].send(
+                    key=res[1], value=res[2], partition=msg.partition, headers=res[3]), msg))
+                stats["dead_lettered"] += 1
+            elif kind == "tick":
+                if res[1]:
+                    await self._send_records(res[1], msg, sends)
+            elif kind == "tick-failed":
+                log.error("clock tick failed on partition %d: %s", msg.partition, res[1])
+            else:
+                stats["errors"] += 1
+                log.error("the domain process failed on %s[%s]@%s: %s", msg.topic,
+                          msg.partition, msg.offset, res[1])
+                if msg.topic in self.dlq:
+                    await self._dead_letter_unexpected(msg, RuntimeError(res[1]))
+        for p, (counters, max_seen, watermark, late) in clocks.items():
+            rt = self.runtimes.get(p)
+            if rt is not None:
+                engine = rt.processor.engine
+                engine.counters = counters
+                engine.clock = _Clock(max_seen, watermark, late)
+
+    async def _request(self, frame_kind: str, *args: Any) -> Any:
+        seq = self._seq = self._seq + 1
+        fut = asyncio.get_running_loop().create_future()
+        self._requests[seq] = fut
+        self.client.send((frame_kind, seq, *args))
+        await self.client.drain()
+        return await fut
+
+    # -- flush ------------------------------------------------------------------------------
+    async def flush(self, wait: bool = True) -> None:
+        """As :meth:`Topology.flush`, with the states taken from the child, in two steps so
+        that the child never waits for the broker:
+
+        1. now, in the agent: the events and partitions since the last flush are taken and
+           the child is asked for the changed states of those partitions, after the batches
+           already shipped (the cut is a point of the child's input);
+        2. in the background (:meth:`_complete`), once the child answered: every output of
+           those batches delivered, the states and metas written to the table, then the
+           events acked. Meanwhile the agent ships the next batches and the child works on
+           them. The completions run one after another, in order; at most one waits while
+           the agent goes on.
+
+        ``wait``: return once the completion is done (a stop, a rebalance, an idle agent).
+        Never raises (except cancellation)."""
+        previous = self._completion
+        if previous is not None and not previous.done():
+            await asyncio.shield(previous)
+        touched, self._touched = self._touched, {}
+        events, self._unacked = self._unacked, []
+        self._last_flush = time.monotonic()
+        if touched or events:
+            self.stats["flushes"] += 1
+            live = {p: t.event for p, t in touched.items() if p in self.runtimes}
+            seq = self._seq = self._seq + 1
+            reply = asyncio.get_running_loop().create_future()
+            self._flush_replies[seq] = reply
+            self.client.send(("flush", seq, sorted(live)))
+            await self.client.drain()
+            self._completion = asyncio.ensure_future(self._complete(seq, reply, live, events))
+        if wait and self._completion is not None:
+            await asyncio.shield(self._completion)
+
+    async def _complete(self, seq: int, reply: asyncio.Future, live: dict[int, Any],
+                        events: list[Any]) -> None:
+        """Step 2 of :meth:`flush`."""
+        try:
+            taken, sends = await reply
+            if sends:
+                await self._await_sends(sends)
+            set_event = _current_event.set
+            customers = self.customers
+            for p, (writes, meta, snapshot) in taken.items():
+                event = live.get(p)
+                if event is None or p not in self.runtimes:
+                    continue                         # revoked meanwhile: replayed elsewhere
+                set_event(weakref.ref(event))
+                try:
+                    for key, raw in writes:
+                        if raw is None:
+                            if key in customers:
+                                del customers[key]
+                        else:
+                            customers[key] = orjson.loads(raw)
+                    self.meta[str(p).encode()] = orjson.loads(meta)
+                    if snapshot is not None:
+                        self.models[str(p).encode()] = {"blob_b64": snapshot[0],
+                                                        "versions": snapshot[1]}
+                except Exception:  # noqa: BLE001 - not acked: replayed from the commit
+                    self.stats["errors"] += 1
+                    log.exception("writing the state of partition %d failed", p)
+                    events = [ev for ev in events if ev.message.partition != p]
+            self.client.send(("written", seq))
+            await self.client.drain()
+            self._refresh_report()
+            ack = self.ack
+            if ack is not None:
+                for ev in events:
+                    await ack(ev)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - not acked: replayed from the committed offset
+            self.stats["errors"] += 1
+            log.exception("completing flush %d failed", seq)
+
+    # -- the web views ----------------------------------------------------------------------
+    def _refresh_report(self) -> None:
+        now = time.monotonic()
+        if self._report_pending or now - self._report_at < REPORT_EVERY or not self.runtimes:
+            return
+        self._report_pending = True
+        self._report_at = now
+
+        async def refresh() -> None:
+            try:
+                doc = await self._request("view", "models", None)
+                parts = sorted(self.runtimes)
+                self._report = (parts, orjson.loads(doc) if doc else None)
+            except Exception:  # noqa: BLE001 - the views keep the last report
+                log.exception("refreshing the models' report failed")
+            finally:
+                self._report_pending = False
+
+        asyncio.ensure_future(refresh())
+
+    def model_report(self) -> tuple[list[int], dict | None]:
+        """``(partitions, report)`` of the child's model hubs, as of the last refresh."""
+        return self._report
+
+    def on_stop(self) -> None:
+        """The worker stops (after its last flush): the child ends with it (on the end of
+        its input), which is then no failure."""
+        self.client.stopping = True
