@@ -546,6 +546,11 @@ def register(app: faust.App, settings: Settings) -> Topology:
     if settings.domain_process:
         from streams.split import SplitTopology
 
+        if not settings.store.startswith("rocksdb"):
+            # the domain process reads the states from the worker's RocksDB databases
+            raise ValueError("RETENTION_DOMAIN_PROCESS=on needs the RocksDB store "
+                             f"(RETENTION_STORE=rocksdb://), not {settings.store!r}")
+
         topo: Topology = SplitTopology(app, settings)
     else:
         topo = Topology(app, settings)

@@ -294,27 +294,30 @@ class DomainSide:
     # -- reads for the web views ----------------------------------------------------------
     def view(self, name: str, arg: Any) -> Any:
         if name == "customer":
+            # (state, features, model versions, as of): what the customer view shows
             p = partition_for(arg, self.settings.partitions)
             proc = self.processors.get(p)
             if proc is None:
                 return None
-            state = proc.engine.store.get(arg)
-            return orjson.dumps(state.to_dict()) if state is not None else b"null"
+            engine = proc.engine
+            state = engine.store.get(arg)
+            if state is None or getattr(state, "retired", False):
+                return (orjson.dumps(state.to_dict()) if state is not None else b"null",
+                        None, None, None)
+            as_of = state.local_time
+            seen = engine.clock.max_seen
+            if seen is not None and (as_of is None or seen > as_of):
+                as_of = seen
+            hub = engine.scorer
+            return (orjson.dumps(state.to_dict()),
+                    orjson.dumps(engine.features_of(arg, as_of)),
+                    dict(hub.versions) if hub is not None else None, as_of)
         if name == "models":
             from streams.web.modelstats import model_report
 
             hubs = {p: proc.engine.scorer for p, proc in sorted(self.processors.items())
                     if proc.engine.scorer is not None}
             return orjson.dumps(model_report(hubs)) if hubs else None
-        if name == "members":
-            counts: dict[str, int] = {}
-            for proc in self.processors.values():
-                store = proc.engine.store
-                for key in list(store):
-                    st = store.get(key)
-                    for seg in (st.segments if st is not None else ()):
-                        counts[seg] = counts.get(seg, 0) + 1
-            return counts
         raise ValueError(f"no view {name!r}")
 
 

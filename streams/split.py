@@ -201,9 +201,6 @@ class SplitTopology(Topology):
     # -- lifecycle ------------------------------------------------------------------------
     async def ensure_started(self) -> None:
         if self.client.proc is None:
-            if not hasattr(self.customers.data, "_db_for_partition"):
-                raise RuntimeError("RETENTION_DOMAIN_PROCESS needs the RocksDB store "
-                                   "(RETENTION_STORE=rocksdb://)")
             await self.client.start()
 
     def runtime(self, partition: int, first: tuple[str, int] | None = None) -> Any:
@@ -482,9 +479,13 @@ class SplitTopology(Topology):
 
         async def refresh() -> None:
             try:
+                asked = time.time()
                 doc = await self._request("view", "models", None)
                 parts = sorted(self.runtimes)
-                self._report = (parts, orjson.loads(doc) if doc else None)
+                report = orjson.loads(doc) if doc else None
+                if report is not None:
+                    report["refreshed_at"] = asked     # the report is as of then
+                self._report = (parts, report)
             except Exception:  # noqa: BLE001 - the views keep the last report
                 log.exception("refreshing the models' report failed")
             finally:
@@ -492,11 +493,33 @@ class SplitTopology(Topology):
 
         asyncio.ensure_future(refresh())
 
+    async def customer_lookup(self, key: str) -> tuple | None:
+        """``(state, features, model versions, as of)`` of ``key`` as the domain process
+        holds it now (its state may be newer than the table's); None when the partition is
+        not there."""
+        found = await self._request("view", "customer", key)
+        if found is None:
+            return None
+        raw, features, versions, as_of = found
+        state = orjson.loads(raw)
+        return (CustomerState.from_dict(state) if state is not None else None,
+                orjson.loads(features) if features is not None else None, versions, as_of)
+
     def model_report(self) -> tuple[list[int], dict | None]:
-        """``(partitions, report)`` of the child's model hubs, as of the last refresh."""
+        """``(partitions, report)`` of the child's model hubs, as of the last refresh (its
+        ``refreshed_at``, wall time); an old one is refreshed for the next reader (the flushes
+        refresh it while events flow, this when they stopped)."""
+        self._refresh_report()
         return self._report
 
     def on_stop(self) -> None:
         """The worker stops (after its last flush): the child ends with it (on the end of
         its input), which is then no failure."""
         self.client.stopping = True
+
+    def summary(self) -> dict[str, Any]:
+        out = super().summary()
+        proc = self.client.proc
+        out["domain_process"] = {"pid": proc.pid if proc is not None else None,
+                                 "batches_in_flight": len(self._shipped)}
+        return out

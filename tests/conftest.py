@@ -158,10 +158,11 @@ def worker_env(bootstrap: str, app_id: str, data_dir: Path, **extra: str) -> dic
         # wall-clock interval, so scores (not the facts) after a restart legitimately differ
         "RETENTION_MODELS": "0",
     }
-    if os.environ.get("RETENTION_TEST_DOMAIN_PROCESS"):
-        # the whole suite's workers in two processes (streams/split.py)
-        env["RETENTION_DOMAIN_PROCESS"] = "1"
     env.update(extra)
+    if (os.environ.get("RETENTION_TEST_DOMAIN_PROCESS")
+            and not env.get("RETENTION_STORE", "rocksdb://").startswith("memory")):
+        # the whole suite's workers in two processes (streams/split.py; RocksDB only)
+        env.setdefault("RETENTION_DOMAIN_PROCESS", "1")
     return env
 
 

@@ -11,6 +11,7 @@ without them: the failure left nothing behind and lost nothing of the rest of it
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections import Counter
@@ -20,7 +21,13 @@ import pytest
 from tests.conftest import key_of, produce_raw, read_topic, simulated_lines, wait_committed
 from tests.test_streams_pipeline import INPUT, check_against_replay, setup_env, summary
 
-pytestmark = [pytest.mark.broker, pytest.mark.timeout(240)]
+pytestmark = [
+    pytest.mark.broker, pytest.mark.timeout(240),
+    # the failing engine is patched into the worker's own process; a split worker's engines
+    # run in its domain process (their mid-batch failure: tests/test_domain_process.py)
+    pytest.mark.skipif(bool(os.environ.get("RETENTION_TEST_DOMAIN_PROCESS")),
+                       reason="fault patched into the worker process, not its domain process"),
+]
 
 
 def _boom_copy(line: bytes, n: int) -> bytes:

@@ -250,6 +250,18 @@ class Observer:
                 out[p] = s
         return out
 
+    def model_report(self) -> tuple[list[int], dict[str, Any] | None]:
+        """``(partitions with a hub, streams.web.modelstats.model_report of the hubs)``;
+        None when there is no hub. A topology whose engines are in another process (a split
+        worker, streams/split.py) gives its own, as of its last refresh."""
+        own = getattr(self.topology, "model_report", None)
+        if callable(own):
+            return own()
+        from streams.web.modelstats import model_report
+
+        hubs = self.hubs()
+        return sorted(hubs), (model_report(hubs) if hubs else None)
+
     def lag(self, app: Any) -> dict[TP, int | None]:
         """Records not yet read per assigned input partition (highwater - next to read)."""
         out: dict[TP, int | None] = {}

@@ -43,7 +43,6 @@ from prometheus_client import (CollectorRegistry, GCCollector, Histogram, Proces
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from streams.web.modelstats import model_report
 from streams.web.observe import LATENCY_BUCKETS, Observer
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
@@ -59,8 +58,8 @@ _MODEL_FIELDS = (("auc", "retention_model_auc", "ROC AUC of the model on the lab
 def model_summaries(observer: Observer) -> dict[str, dict[str, Any]]:
     """``{model name: live metrics}`` over this worker's model hubs, added up
     (``streams.web.modelstats``)."""
-    return {name: m for name, m in model_report(observer.hubs())["models"].items()
-            if "labels" in m}
+    report = observer.model_report()[1]
+    return {name: m for name, m in (report or {}).get("models", {}).items() if "labels" in m}
 
 
 def _counter(name: str, doc: str, labels: list[str], counts: dict) -> CounterMetricFamily:

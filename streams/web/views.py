@@ -53,7 +53,6 @@ from models.state import CustomerState
 from streams import state as _state
 from streams.settings import APP_VERSION
 from streams.web.customer import customer_view
-from streams.web.modelstats import model_report
 from streams.web.observe import FlowSensor, Observer
 from streams.web.prom import CONTENT_TYPE_LATEST, Metrics, model_summaries
 from streams.web.recorder import Recorder
@@ -213,6 +212,22 @@ class WebSurface:
         return {tp.partition for tp in assignment if tp.topic in topo.input_names} | set(
             topo.runtimes)
 
+    async def lookup(self, key: str) -> tuple[int, dict[str, Any]]:
+        """:meth:`customer`, or for a worker whose engines are in its domain process
+        (streams/split.py) the same document from the state, features and model versions
+        that process holds now."""
+        topo = self.topology
+        remote = getattr(topo, "customer_lookup", None)
+        p = partition_for(key, self.settings.partitions)
+        if remote is None or p not in topo.runtimes or key.encode(
+                "utf-8", "replace").startswith(_RESERVED_KEYS):
+            return self.customer(key)
+        found = await remote(key)
+        if found is None:                 # revoked meanwhile
+            return self.customer(key)
+        state, features, versions, as_of = found
+        return self._customer_doc(key, p, True, state, features, versions, as_of)
+
     def customer(self, key: str) -> tuple[int, dict[str, Any]]:
         """(status, document) of a lookup on this worker."""
         topo = self.topology
@@ -223,12 +238,35 @@ class WebSurface:
         rt = topo.runtimes.get(p)
         owned = p in self.owned_partitions()
         engine = rt.processor.engine if rt is not None else None
+        if not hasattr(engine, "features_of"):
+            engine = None                 # a split worker's mirror: read the table
         state: CustomerState | None
         if engine is not None:
             state = engine.store.get(key)
         else:
             raw = topo.customers.get(key.encode("utf-8")) if owned else None
             state = CustomerState.from_dict(raw) if isinstance(raw, dict) else None
+        features, versions, as_of = None, None, None
+        if state is not None and not getattr(state, "retired", False):
+            as_of = state.local_time
+            if engine is not None:
+                seen = engine.clock.max_seen
+                if seen is not None and (as_of is None or seen > as_of):
+                    as_of = seen
+                features = engine.features_of(key, as_of)
+                versions = dict(engine.scorer.versions) if engine.scorer is not None else None
+            else:
+                config = getattr(topo, "engine_config", None) or EngineConfig()
+                features = customer_features(state, as_of or 0.0, config)
+                features.update({"churn_risk": state.scores.get("churn_risk"),
+                                 "abandon_risk": state.scores.get("abandon_risk"),
+                                 "clv": state.scores.get("clv", features.get("clv_simple"))})
+        return self._customer_doc(key, p, owned, state, features, versions, as_of)
+
+    def _customer_doc(self, key: str, p: int, owned: bool, state: CustomerState | None,
+                      features: dict[str, Any] | None, versions: dict[str, str] | None,
+                      as_of: float | None) -> tuple[int, dict[str, Any]]:
+        topo = self.topology
         if state is not None and getattr(state, "retired", False):
             return 404, {"error": "not found", "customer_id": key, "partition": p,
                          "served_by": self.url, "linked": True,
@@ -241,20 +279,6 @@ class WebSurface:
                       f"partition {p} is not assigned to this worker (rebalancing?)")
             return 404, {"error": "not found", "detail": detail, "customer_id": key,
                          "partition": p, "served_by": self.url}
-        as_of = state.local_time
-        if engine is not None:
-            seen = engine.clock.max_seen
-            if seen is not None and (as_of is None or seen > as_of):
-                as_of = seen
-            features = engine.features_of(key, as_of)
-            versions = dict(engine.scorer.versions) if engine.scorer is not None else None
-        else:
-            config = getattr(topo, "engine_config", None) or EngineConfig()
-            features = customer_features(state, as_of or 0.0, config)
-            features.update({"churn_risk": state.scores.get("churn_risk"),
-                             "abandon_risk": state.scores.get("abandon_risk"),
-                             "clv": state.scores.get("clv", features.get("clv_simple"))})
-            versions = None
         doc = customer_view(state, features or {}, topo.catalog, as_of=as_of, partition=p,
                             served_by=self.url, model_versions=versions)
         try:
@@ -313,14 +337,14 @@ class WebSurface:
                 "segments": rows, "members_by_partition": per_partition}
 
     def models(self) -> dict[str, Any]:
-        hubs = self.observer.hubs()
-        out: dict[str, Any] = {"worker": self.url, "scorers": len(hubs),
-                               "partitions": sorted(hubs)}
-        if not hubs:
+        partitions, report = self.observer.model_report()
+        out: dict[str, Any] = {"worker": self.url, "scorers": len(partitions),
+                               "partitions": partitions}
+        if report is None:
             out.update(models={}, note="no online models on this worker's engines (models "
                                        "switched off, or no partition assigned yet)")
             return out
-        out.update(model_report(hubs))
+        out.update(report)
         return out
 
     def flow(self) -> dict[str, Any]:
@@ -539,7 +563,7 @@ def register_views(app: Any, topology: Any, settings: Any, *,
             if request.headers.get(HOP_HEADER):
                 # forwarded once already: answer here, never forward again (two workers with
                 # stale assignments in a rebalance would otherwise bounce it between them)
-                status, doc = surface.customer(customer_id)
+                status, doc = await surface.lookup(customer_id)
                 return json_response(self, status, doc)
             marked = request.clone(headers={**request.headers, HOP_HEADER: surface.url})
             try:
@@ -562,7 +586,7 @@ def register_views(app: Any, topology: Any, settings: Any, *,
 
         @app.table_route(table=topology.customers, match_info="customer_id")
         async def routed(self, request: Request, customer_id: str) -> Response:
-            status, doc = surface.customer(customer_id)
+            status, doc = await surface.lookup(customer_id)
             return json_response(self, status, doc)
 
     @app.page("/segments", name="retention_segments")
