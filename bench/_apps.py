@@ -181,7 +181,9 @@ def watch(topo: Any) -> None:
                 st["changes_engine"] = sum(rt.processor.engine.counters.get("changes", 0)
                                            for rt in rts)
                 COUNT.extra["stats"] = st
-                COUNT.extra["table_writes"] = sum(getattr(rt.store, "writes", 0) for rt in rts)
+                COUNT.extra["table_writes"] = (
+                    sum(getattr(rt.store, "writes", 0) for rt in rts)
+                    or st.get("table_writes", 0))       # a split worker counts its own
             except Exception:  # noqa: BLE001
                 pass
 

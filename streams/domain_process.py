@@ -93,7 +93,8 @@ class ReplicaTable:
 
     fresh_reads = True          # every read decodes a new copy (TableStore relies on it)
 
-    def __init__(self, path: str, partition: int, partitions: int) -> None:
+    def __init__(self, path: str, partition: int, partitions: int,
+                 keep_max: int = 5_000) -> None:
         from rocksdict import AccessType, Options, Rdict
 
         self.partition = partition
@@ -106,6 +107,10 @@ class ReplicaTable:
         self.pending: list[tuple[bytes, bytes | None]] = []
         self._kept: dict[bytes, tuple[int, bytes | None]] = {}
         self.flush_seq = 0
+        #: kept writes beyond this many: catch up with the primary and drop those written
+        #: (a catch-up costs a few ms, too much for every flush of every partition)
+        self.keep_max = keep_max
+        self._confirmed = -1
 
     # -- what TableStore uses -------------------------------------------------------------
     def get(self, key: bytes, default: Any = None) -> Any:
@@ -151,8 +156,16 @@ class ReplicaTable:
         return out
 
     def written(self, seq: int) -> None:
+        """The parent wrote the flushes up to ``seq`` to the primary."""
+        self._confirmed = seq
+        if len(self._kept) > self.keep_max:
+            self.catch_up()
+
+    def catch_up(self) -> None:
+        """Read the primary's new writes; drop the kept writes it now has."""
         self.db.try_catch_up_with_primary()
-        for key in [k for k, (s, _) in self._kept.items() if s <= seq]:
+        confirmed = self._confirmed
+        for key in [k for k, (s, _) in self._kept.items() if s <= confirmed]:
             del self._kept[key]
 
     def close(self) -> None:

@@ -3,8 +3,9 @@ letters stay on Faust's producer, where the web sensor counts them).
 
 Faust's own producer carries the table changelogs and the dead letters. The outputs have
 a producer of their own, built by the same transport from the same settings (bootstrap
-servers, SASL/SSL credentials, acks, compression), with batching as the client's default
-(``OUTPUT_MAX_BATCH_BYTES``): the changes handed over during a batch of input events leave
+servers, SASL/SSL credentials, acks, compression, and the produce batching of
+``RETENTION_PRODUCER_BATCH_BYTES`` and ``RETENTION_PRODUCER_LINGER_MS``, which Faust's producer
+uses too): the changes handed over during a batch of input events leave
 in a few produce requests, and a burst of table writes at a flush (Faust's producer buffer,
 which the conductor waits on when it holds more than 100 records) does not queue them.
 
@@ -26,10 +27,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["OUTPUT_MAX_BATCH_BYTES", "OutputProducer", "create_output_producer"]
-
-#: produce batch size of the output producer (aiokafka's default)
-OUTPUT_MAX_BATCH_BYTES = 16384
+__all__ = ["OutputProducer", "create_output_producer"]
 
 
 class OutputProducer:
@@ -52,6 +50,6 @@ def create_output_producer(app: Any) -> OutputProducer:
     """A second producer of ``app``'s transport with batching on, registered as the App's
     first dependency (so started before and stopped after the agents)."""
     producer = app.transport.create_producer(beacon=app.beacon)
-    producer.max_batch_size = OUTPUT_MAX_BATCH_BYTES
+    producer.max_batch_size = app.conf.producer_max_batch_size
     app.add_dependency(producer)
     return OutputProducer(producer)

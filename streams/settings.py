@@ -80,6 +80,8 @@ class Settings:
     max_message_bytes: int = 64 * 1024            # ingest size limit (oversized -> DLQ)
     batch_max: int = 1000                         # events per ingest batch at most
     batch_within: float = 0.05                    # seconds a partial batch waits for more
+    producer_linger_ms: int = 5                   # how long a produce batch waits to fill
+    producer_batch_bytes: int = 256 * 1024        # produce batch size at most, per partition
     flush_interval: float = 0.5                   # seconds between state flushes (each changed
                                                   # customer written once per flush; acks wait)
     log_level: str = "info"
@@ -137,6 +139,9 @@ class Settings:
             batch_max=max(1, int(get("BATCH_MAX", cls.batch_max))),
             batch_within=max(0.001, float(get("BATCH_WITHIN", cls.batch_within))),
             flush_interval=max(0.0, float(get("FLUSH_INTERVAL", cls.flush_interval))),
+            producer_linger_ms=max(0, int(get("PRODUCER_LINGER_MS", cls.producer_linger_ms))),
+            producer_batch_bytes=max(1024, int(get("PRODUCER_BATCH_BYTES",
+                                                   cls.producer_batch_bytes))),
             log_level=get("LOG_LEVEL", cls.log_level),
             disable_faust_fixes=_bool(get("DISABLE_FAUST_FIXES"), False),
             faust_fast_drain=_bool(get("FAUST_FAST_DRAIN"), cls.faust_fast_drain),
@@ -280,6 +285,10 @@ class Settings:
             # no token: off. Operators use the token-protected /customers/<id> view.
             "web_tables_enabled": False,
             "version": 1,
+            # both producers (changelog, dead letters, changes): fewer, larger produce
+            # requests; Kafka's Java producer lingers 5 ms by default too
+            "producer_max_batch_size": self.producer_batch_bytes,
+            "producer_linger_ms": self.producer_linger_ms,
         }
         timeout = self.effective_session_timeout
         if timeout is not None:

@@ -188,12 +188,14 @@ class SplitTopology(Topology):
 
     def __init__(self, app: Any, settings: Any) -> None:
         super().__init__(app, settings)
+        self.stats["table_writes"] = 0
         self.client = DomainClient(settings, self._on_frame)
         self._seq = 0
         self._shipped: dict[int, _Shipped] = {}
         self._requests: dict[int, asyncio.Future] = {}
         self._flush_replies: dict[int, asyncio.Future] = {}
         self._completion: asyncio.Future | None = None
+        self._before_previous: asyncio.Future | None = None
         self._report: tuple[list[int], dict | None] = ([], None)
         self._report_at = 0.0
         self._report_pending = False
@@ -410,8 +412,8 @@ class SplitTopology(Topology):
         ``wait``: return once the completion is done (a stop, a rebalance, an idle agent).
         Never raises (except cancellation)."""
         previous = self._completion
-        if previous is not None and not previous.done():
-            await asyncio.shield(previous)
+        if self._before_previous is not None and not self._before_previous.done():
+            await asyncio.shield(self._before_previous)    # at most two flushes pending
         touched, self._touched = self._touched, {}
         events, self._unacked = self._unacked, []
         self._last_flush = time.monotonic()
@@ -423,14 +425,19 @@ class SplitTopology(Topology):
             self._flush_replies[seq] = reply
             self.client.send(("flush", seq, sorted(live)))
             await self.client.drain()
-            self._completion = asyncio.ensure_future(self._complete(seq, reply, live, events))
+            self._before_previous = previous
+            self._completion = asyncio.ensure_future(
+                self._complete(seq, reply, live, events, previous))
         if wait and self._completion is not None:
             await asyncio.shield(self._completion)
 
     async def _complete(self, seq: int, reply: asyncio.Future, live: dict[int, Any],
-                        events: list[Any]) -> None:
-        """Step 2 of :meth:`flush`."""
+                        events: list[Any], previous: asyncio.Future | None) -> None:
+        """Step 2 of :meth:`flush`, after the previous flush's (table writes and acks stay
+        in flush order)."""
         try:
+            if previous is not None and not previous.done():
+                await asyncio.shield(previous)
             taken, sends = await reply
             if sends:
                 await self._await_sends(sends)
@@ -448,6 +455,7 @@ class SplitTopology(Topology):
                                 del customers[key]
                         else:
                             customers[key] = orjson.loads(raw)
+                    self.stats["table_writes"] += len(writes)
                     self.meta[str(p).encode()] = orjson.loads(meta)
                     if snapshot is not None:
                         self.models[str(p).encode()] = {"blob_b64": snapshot[0],

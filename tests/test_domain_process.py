@@ -39,7 +39,7 @@ def test_replica_reads_the_primary_and_keeps_its_own_writes_until_written(tmp_pa
     primary.put(b"c1", orjson.dumps({"v": 1}))
     primary.put(META_PREFIX + b"0", orjson.dumps({"clock": {}}))
     primary.flush()
-    replica = ReplicaTable(str(tmp_path / "p0.db"), 0, PARTITIONS)
+    replica = ReplicaTable(str(tmp_path / "p0.db"), 0, PARTITIONS, keep_max=0)
     try:
         assert replica.get(b"c1") == {"v": 1}
         assert replica.meta() == {"clock": {}}
@@ -68,6 +68,29 @@ def test_replica_reads_the_primary_and_keeps_its_own_writes_until_written(tmp_pa
         replica.written(8)
         assert replica._kept == {}                       # everything read from RocksDB now
         assert replica.get(b"c2") == {"v": 10} and replica.get(b"c1") is None
+    finally:
+        replica.close()
+        primary.close()
+
+
+def test_replica_catches_up_only_past_its_bound(tmp_path):
+    primary = _primary(tmp_path / "p0.db")
+    replica = ReplicaTable(str(tmp_path / "p0.db"), 0, PARTITIONS, keep_max=3)
+    try:
+        for seq in range(3):
+            replica[f"c{seq}".encode()] = {"v": seq}
+            for key, raw in replica.take(seq):
+                primary.put(key, raw)
+            replica.written(seq)
+            assert len(replica._kept) == seq + 1         # kept, no catch-up yet
+        assert [replica.get(f"c{i}".encode()) for i in range(3)] == [{"v": i} for i in range(3)]
+        replica[b"c3"] = {"v": 3}
+        writes = replica.take(3)
+        replica.written(2)                               # 4 kept > 3: catch up to flush 2
+        assert list(replica._kept) == [b"c3"]            # flush 3 not written yet
+        for key, raw in writes:
+            primary.put(key, raw)
+        assert [replica.get(f"c{i}".encode()) for i in range(4)] == [{"v": i} for i in range(4)]
     finally:
         replica.close()
         primary.close()
