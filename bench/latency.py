@@ -102,6 +102,7 @@ async def offer(bootstrap: str, recs: list[tuple[str, bytes, bytes]], ids: list[
 
 
 def one_run(args: argparse.Namespace, run: int, work: Path) -> dict:
+    split = {"RETENTION_DOMAIN_PROCESS": "1"} if args.domain_process else {}
     with H.fresh_broker(work) as broker:
         out: dict = {}
         rate = args.rate
@@ -111,7 +112,8 @@ def one_run(args: argparse.Namespace, run: int, work: Path) -> dict:
             H.create_topics(s)
             events = H.simulator_events(args.backlog, args.customers, seed=100 + run)
             H.produce(broker.bootstrap, H.records(events, s.topic_prefix))
-            c = H.Consumer("pipeline", H.env_of(s), args.backlog, work, name=f"max-{run}")
+            c = H.Consumer("pipeline", H.env_of(s, **split), args.backlog, work,
+                           name=f"max-{run}")
             res = H.run_consumers([c], args.backlog, timeout=args.backlog / 200 + 180)
             out["max_rate"] = res["rate"]
             rate = res["rate"] * args.fraction
@@ -122,7 +124,8 @@ def one_run(args: argparse.Namespace, run: int, work: Path) -> dict:
         n = int(rate * args.seconds)
         events = H.simulator_events(n + 200, args.customers * 4, seed=200 + run)
         warm, events = events[:200], events[200:]
-        worker = H.Consumer("pipeline", H.env_of(s), n + 200, work, name=f"lat-{run}").start()
+        worker = H.Consumer("pipeline", H.env_of(s, **split), n + 200, work,
+                            name=f"lat-{run}").start()
         try:
             # warm-up: the worker is ready and has built its partition runtimes
             H.produce(broker.bootstrap, H.records(warm, s.topic_prefix))
@@ -159,6 +162,8 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--producer-linger-ms", type=int, default=LINGER_MS,
                    help="linger of the producer offering the events (0: one request per event)")
+    p.add_argument("--domain-process", action="store_true",
+                   help="the worker split in two processes (RETENTION_DOMAIN_PROCESS=on)")
     p.add_argument("--json")
     args = p.parse_args()
     work = H.tmpdir("bench-lat-")
