@@ -268,7 +268,6 @@ class Topology:
         Per event, in order: the processor runs (or the clock tick), and its segment changes
         or dead letter are handed to a producer without waiting. The events are acked by
         the next :meth:`flush` (now, if one is due)."""
-        sends = self._sends                        # (delivery future, input message)
         touched = self._touched
         stats = self.stats
         set_event = _current_event.set
@@ -284,6 +283,7 @@ class Topology:
             freeze_startup()
         stats["batches"] += 1
         held: set[int] = set()                     # ids of events not processed: read again
+        self._begin_batch()
         for i, ev in enumerate(events):
             msg = ev.message
             stats["messages"] += 1
@@ -313,20 +313,16 @@ class Topology:
                 rt.positions[msg.topic] = msg.offset
                 if msg.topic == clock_name:
                     if last_input.get(p, -1) < i:
-                        await self._on_tick(rt, msg, sends)
+                        await self._record_tick(rt, msg)
                 else:
-                    key = await self._on_event(rt, msg, sends)
-                    if key is not None:
-                        keys = t.keys
-                        keys.pop(key, None)          # in the order of their last event
-                        keys[key] = None
+                    await self._record_event(t, msg)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - never let an exception kill the agent
                 stats["errors"] += 1
                 log.exception("unexpected error at %s[%s]@%s", msg.topic, msg.partition,
                               msg.offset)
-                if rt is not None:
+                if rt is not None and rt.store is not None:
                     rt.store.rollback()              # if it failed before commit
                 if msg.topic in self.dlq:
                     await self._dead_letter_unexpected(msg, exc)
@@ -334,8 +330,50 @@ class Topology:
             self._unacked.extend(ev for ev in events if id(ev) not in held)
         else:
             self._unacked.extend(events)
+        await self._end_batch()
         if self.flush_due():
-            await self.flush()
+            await self.flush(wait=False)
+
+    # what :meth:`on_batch` does with each record, here and in a split worker (streams/split.py)
+    def _begin_batch(self) -> None:
+        """A batch starts."""
+
+    async def _record_event(self, t: _Touched, msg: Any) -> None:
+        """An input event past the start guard: processed now."""
+        key = await self._on_event(t.rt, msg, self._sends)
+        if key is not None:
+            keys = t.keys
+            keys.pop(key, None)                      # in the order of their last event
+            keys[key] = None
+
+    async def _record_tick(self, rt: Runtime, msg: Any) -> None:
+        """A clock tick with no input after it in the batch: applied now if it is due."""
+        at = self._tick_time(rt.partition, msg)
+        if at is None:
+            return
+        try:
+            outputs = rt.processor.apply_tick(at)
+        except Exception:  # noqa: BLE001
+            log.exception("clock tick failed on partition %d", rt.partition)
+            return
+        if outputs:
+            await self._send_changes(outputs, msg, self._sends)
+
+    async def _end_batch(self) -> None:
+        """Every record of the batch went through :meth:`on_batch`."""
+
+    def _tick_time(self, partition: int, msg: Any) -> float | None:
+        """The event time of a clock tick to apply, or None: a bad tick (ignored) or a
+        partition with a known backlog (a tick must not overtake it)."""
+        try:
+            at = float(orjson.loads(msg.value)["at"])
+        except Exception:  # noqa: BLE001 - a bad tick is ignored
+            log.warning("ignoring bad clock tick at %s@%s", partition, msg.offset)
+            return None
+        if not self.caught_up(partition):
+            return None
+        self.stats["ticks"] += 1
+        return at
 
     async def _hold(self, msg: Any, verdict: str) -> None:
         """A record after a gap at the start of a partition (see streams/continuity.py): it
@@ -371,11 +409,12 @@ class Topology:
         if self.flush_due():
             await self.flush()
 
-    async def flush(self) -> None:
+    async def flush(self, wait: bool = True) -> None:
         """Finish the batches since the last flush, in this order: every output delivered;
         per partition, each changed customer written to the table once, its meta after
         them (:meth:`_flush`); then every event acked, so that Faust can commit its offset.
-        Never raises (except cancellation)."""
+        Never raises (except cancellation). (``wait``: always, here; a split worker may
+        finish in the background.)"""
         sends, self._sends = self._sends, []
         touched, self._touched = self._touched, {}
         events, self._unacked = self._unacked, []
@@ -462,23 +501,6 @@ class Topology:
         if outcome.outputs:
             await self._send_changes(outcome.outputs, msg, sends)
         return outcome.key
-
-    async def _on_tick(self, rt: Runtime, msg: Any, sends: list[tuple[Any, Any]]) -> None:
-        try:
-            at = float(orjson.loads(msg.value)["at"])
-        except Exception:  # noqa: BLE001 - a bad tick is ignored
-            log.warning("ignoring bad clock tick at %s@%s", msg.partition, msg.offset)
-            return
-        if not self.caught_up(rt.partition):
-            return
-        self.stats["ticks"] += 1
-        try:
-            outputs = rt.processor.apply_tick(at)
-        except Exception:  # noqa: BLE001
-            log.exception("clock tick failed on partition %d", rt.partition)
-            return
-        if outputs:
-            await self._send_changes(outputs, msg, sends)
 
     async def _send_changes(self, outputs: list[dict], msg: Any,
                             sends: list[tuple[Any, Any]]) -> None:

@@ -44,8 +44,7 @@ from faust.types import TP
 
 from models.contract import ContractError
 from models.state import CustomerState
-from streams.agents import Topology, _Touched
-from streams.gc_tuning import freeze_startup
+from streams.agents import Topology
 from streams.processor import DeadLetter, Message, admit, dead_letter
 from streams.settings import APP_VERSION
 from streams.state import partition_keys
@@ -111,19 +110,6 @@ class DomainClient:
                          exc_info=not isinstance(exc, asyncio.IncompleteReadError))
             logging.shutdown()
             os._exit(EXIT_DOMAIN_LOST)
-
-    async def stop(self) -> None:
-        if self.proc is None or self.stopping:
-            return
-        self.stopping = True
-        try:
-            self.send(("stop",))
-            await self.drain()
-            await asyncio.wait_for(self.proc.wait(), timeout=10.0)
-        except Exception:  # noqa: BLE001
-            self.proc.kill()
-        if self._reader is not None:
-            self._reader.cancel()
 
 
 @dataclass
@@ -231,100 +217,51 @@ class SplitTopology(Topology):
 
     # -- per batch --------------------------------------------------------------------------
     async def on_batch(self, events: Sequence[Any]) -> None:
-        """Ship one batch to the child (the start guard and the clock ticks decided here, as
-        :meth:`Topology.on_batch` does); its answer is handled by :meth:`_on_frame`. Waits
-        while ``DEPTH`` batches are in the child. Never raises (except cancellation)."""
+        """:meth:`Topology.on_batch` (the start guard and the clock ticks decided here), with
+        the records shipped to the child at the end of the batch (:meth:`_end_batch`); their
+        answer is handled by :meth:`_on_frame`. Never raises (except cancellation)."""
         await self.ensure_started()
-        touched = self._touched
-        stats = self.stats
-        set_event = _current_event.set
-        clock_name = self.clock_name
-        last_input: dict[int, int] = {}
-        for i, ev in enumerate(events):
-            if ev.message.topic != clock_name:
-                last_input[ev.message.partition] = i
-        if not stats["batches"] and self.freeze_gc_at_first_batch:
-            freeze_startup()
-        stats["batches"] += 1
-        held: set[int] = set()
-        records: list[tuple] = []
-        messages: list[tuple[Any, DeadLetter | None]] = []
+        await super().on_batch(events)
+
+    def _begin_batch(self) -> None:
+        self._records: list[tuple] = []
+        #: the batch's messages in order, each with its dead letter when refused here
+        self._messages: list[tuple[Any, DeadLetter | None]] = []
+
+    async def _record_event(self, t: Any, msg: Any) -> None:
+        # the contract here, the engine there: it balances the two processes
         max_bytes = self.settings.max_message_bytes
-        for i, ev in enumerate(events):
-            msg = ev.message
-            stats["messages"] += 1
-            set_event(weakref.ref(ev))
-            try:
-                p = msg.partition
-                t = touched.get(p)
-                if t is None:
-                    rt = self.runtime(p)
-                    t = touched[p] = _Touched(rt, ev)
-                else:
-                    rt = t.rt
-                    t.event = ev
-                if msg.topic != clock_name:
-                    verdict = self.guard.check(msg.topic, p, msg.offset)
-                    if verdict == "gap":
-                        log.error("input %s[%d]: no records from offset %d to %d on reading "
-                                  "again; going on from %d", msg.topic, p,
-                                  *self.guard.last_gap[2:], msg.offset)
-                    elif verdict != "ok":
-                        held.add(id(ev))
-                        await self._hold(msg, verdict)
-                        continue
-                rt.positions[msg.topic] = msg.offset
-                if msg.topic == clock_name:
-                    if last_input.get(p, -1) < i:
-                        try:
-                            at = float(orjson.loads(msg.value)["at"])
-                        except Exception:  # noqa: BLE001 - a bad tick is ignored
-                            log.warning("ignoring bad clock tick at %s@%s", p, msg.offset)
-                            continue
-                        if not self.caught_up(p):
-                            continue
-                        stats["ticks"] += 1
-                        records.append(("t", p, at))
-                        messages.append((msg, None))
-                else:
-                    # the contract here, the engine there: it balances the two processes
-                    headers = msg.headers
-                    m = Message(msg.topic, p, msg.offset, msg.key, msg.value,
-                                tuple((k, bytes(v) if v is not None else b"")
-                                      for k, v in headers) if headers else (),
-                                msg.timestamp if msg.timestamp else None)
-                    try:
-                        event, key = admit(m, max_bytes)
-                    except ContractError as exc:
-                        messages.append((msg, dead_letter(m, exc, getattr(exc, "event", None),
-                                                          APP_VERSION, max_bytes, time.time())))
-                        continue
-                    records.append(("e", m.topic, p, m.offset, m.key, m.value, m.headers,
-                                    m.timestamp, event, key))
-                    messages.append((msg, None))
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - never let an exception kill the agent
-                stats["errors"] += 1
-                log.exception("unexpected error at %s[%s]@%s", msg.topic, msg.partition,
-                              msg.offset)
-                if msg.topic in self.dlq:
-                    await self._dead_letter_unexpected(msg, exc)
-        if messages:
+        headers = msg.headers
+        m = Message(msg.topic, msg.partition, msg.offset, msg.key, msg.value,
+                    tuple((k, bytes(v) if v is not None else b"") for k, v in headers)
+                    if headers else (), msg.timestamp if msg.timestamp else None)
+        try:
+            event, key = admit(m, max_bytes)
+        except ContractError as exc:
+            self._messages.append((msg, dead_letter(m, exc, getattr(exc, "event", None),
+                                                    APP_VERSION, max_bytes, time.time())))
+            return
+        self._records.append(("e", m.topic, m.partition, m.offset, m.key, m.value, m.headers,
+                              m.timestamp, event, key))
+        self._messages.append((msg, None))
+
+    async def _record_tick(self, rt: Any, msg: Any) -> None:
+        at = self._tick_time(rt.partition, msg)
+        if at is not None:
+            self._records.append(("t", rt.partition, at))
+            self._messages.append((msg, None))
+
+    async def _end_batch(self) -> None:
+        """Ship the batch (even with only refused records: their dead letters go in their
+        order); wait while more than ``DEPTH`` batches are in the child."""
+        if self._messages:
             seq = self._seq = self._seq + 1
             done = asyncio.get_running_loop().create_future()
-            self._shipped[seq] = _Shipped(messages, done)
-            # (even with only refused records: their dead letters go in their order)
-            self.client.send(("batch", seq, records))
+            self._shipped[seq] = _Shipped(self._messages, done)
+            self.client.send(("batch", seq, self._records))
             await self.client.drain()
-        if held:
-            self._unacked.extend(ev for ev in events if id(ev) not in held)
-        else:
-            self._unacked.extend(events)
         while len(self._shipped) > DEPTH:
             await asyncio.shield(next(iter(self._shipped.values())).done)
-        if self.flush_due():
-            await self.flush(wait=False)
 
     async def _on_frame(self, frame: tuple) -> None:
         """An answer of the child (in the order of the frames sent)."""
