@@ -207,6 +207,9 @@ class Topology:
             self._unacked = [ev for ev in self._unacked
                              if ev.message.partition not in partitions]
 
+    async def on_agent_start(self) -> None:
+        """The ingest agent starts (before its first batch)."""
+
     def on_stop(self) -> None:
         """The worker stops; its last flush is done."""
 
@@ -586,6 +589,7 @@ def register(app: faust.App, settings: Settings) -> Topology:
         # rebalances or stops); on_batch never raises, and a batch that has begun is
         # finished and flushed even if the agent is cancelled (a stop)
         topo.ack = stream.ack
+        await topo.on_agent_start()
         async for events in take_ready(stream, batch_max, within=within,
                                        backlog=topo.backlog, ack=False,
                                        on_idle=topo.on_idle):

@@ -188,6 +188,8 @@ class DomainSide:
         self.engine_config = settings.engine_config()
         self._engine_cls = Engine
         self._snapshot_key = settings.snapshot_key() if settings.models else b""
+        if settings.models:
+            import models.scoring  # noqa: F401 - River's import (about a second) now, not at the first event
         self.processors: dict[int, Any] = {}
         self.tables: dict[int, ReplicaTable] = {}
         self.last_snapshot: dict[int, float] = {}

@@ -187,6 +187,11 @@ class SplitTopology(Topology):
         self._report_pending = False
 
     # -- lifecycle ------------------------------------------------------------------------
+    async def on_agent_start(self) -> None:
+        """Start the child with the agent: its imports (the models) take about a second,
+        which the first batch would otherwise wait for."""
+        await self.ensure_started()
+
     async def ensure_started(self) -> None:
         if self.client.proc is None:
             await self.client.start()
