@@ -334,6 +334,21 @@ class Engine:
         f.update(self._score_features(state, f))
         return f
 
+    def lookup(self, key: str) -> tuple[CustomerState | None, dict[str, Any] | None,
+                                         dict[str, str] | None, float | None]:
+        """``(state, features, model versions, as of)`` of ``key`` for a lookup: the
+        features at the customer's own local time, or at the partition's newest event time
+        when that is later. Only the state for an unknown key (None) or a retired visitor."""
+        state = self.store.get(key)
+        if state is None or state.retired:
+            return state, None, None, None
+        as_of = state.local_time
+        seen = self.clock.max_seen
+        if seen is not None and (as_of is None or seen > as_of):
+            as_of = seen
+        versions = dict(self.scorer.versions) if self.scorer is not None else None
+        return state, self.features_of(key, as_of), versions, as_of
+
     def dirty_keys(self) -> set[str]:
         """Keys changed (or erased: no longer in the store) since the last ``clear_dirty``."""
         return self._dirty

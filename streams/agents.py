@@ -50,17 +50,25 @@ from streams.continuity import StartGuard
 from streams.faust_fixes import request_rejoin
 from streams.gc_tuning import freeze_startup
 from streams.outputs import create_output_producer
-from streams.processor import (Message, PartitionProcessor, change_records, open_processor,
-                               restore_hub)
+from streams.processor import (Message, PartitionProcessor, change_records, dead_letter,
+                               open_processor, restore_hub)
 from streams.settings import APP_VERSION, Settings
 from streams.state import PartitionMeta, TableStore, partition_index, partition_keys
 
-__all__ = ["Topology", "register"]
+__all__ = ["Topology", "message_of", "register"]
 
 log = logging.getLogger(__name__)
 
 RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw",
        "value_serializer": "raw"}
+
+
+def message_of(msg: Any) -> Message:
+    """A Faust message as the processor takes it (headers as bytes, no timestamp for 0)."""
+    headers = msg.headers
+    return Message(msg.topic, msg.partition, msg.offset, msg.key, msg.value,
+                   tuple((k, bytes(v) if v is not None else b"") for k, v in headers)
+                   if headers else (), msg.timestamp if msg.timestamp else None)
 
 
 @dataclass
@@ -459,21 +467,12 @@ class Topology:
     async def _dead_letter_unexpected(self, msg: Any, exc: Exception) -> None:
         """Dead-letter a message whose handling failed outside the engine (stage
         ``processing``), so that it is never acked without a trace."""
-        from models.contract import SCHEMA_VERSION, dead_letter_record
-
-        from streams.processor import dlq_headers
-
         try:
-            m = Message(msg.topic, msg.partition, msg.offset, msg.key, msg.value,
-                        tuple((k, bytes(v or b"")) for k, v in (msg.headers or ())))
-            body = dead_letter_record(exc, msg.value, msg.key, source_topic=msg.topic,
-                                      partition=msg.partition, offset=msg.offset,
-                                      app_version=APP_VERSION, at=time.time(),
-                                      max_value_bytes=self.settings.max_message_bytes)
+            dl = dead_letter(message_of(msg), exc, None, APP_VERSION,
+                             self.settings.max_message_bytes, time.time())
             fut = await self.dlq[msg.topic].send(
-                key=msg.key, value=orjson.dumps(body), partition=msg.partition,
-                headers=dlq_headers(m, body["stage"], body["error"], APP_VERSION,
-                                    SCHEMA_VERSION))
+                key=dl.key, value=orjson.dumps(dl.body), partition=msg.partition,
+                headers=dl.headers)
             await fut
             self.stats["dead_lettered"] += 1
         except asyncio.CancelledError:
@@ -485,11 +484,7 @@ class Topology:
     async def _on_event(self, rt: Runtime, msg: Any, sends: list[tuple[Any, Any]]) -> str | None:
         """One input event; returns its customer key when it was applied (or skipped as a
         replay), None when it was dead-lettered."""
-        headers = msg.headers
-        m = Message(msg.topic, msg.partition, msg.offset, msg.key, msg.value,
-                    tuple((k, bytes(v) if v is not None else b"") for k, v in headers)
-                    if headers else (), msg.timestamp if msg.timestamp else None)
-        outcome = rt.processor.apply(m)
+        outcome = rt.processor.apply(message_of(msg))
         if outcome.dead_letter is not None:
             dl = outcome.dead_letter
             sends.append((await self.dlq[msg.topic].send(

@@ -58,7 +58,7 @@ from models.partitioning import partition_for
 from streams.gc_tuning import apply_thresholds, freeze_startup
 from streams.processor import Message, change_records, open_processor, restore_hub
 from streams.settings import APP_VERSION, Settings
-from streams.state import META_PREFIX, TableStore, index_items
+from streams.state import META_PREFIX, TableStore, customer_keys, index_items
 
 __all__ = ["DomainSide", "ReplicaTable", "read_frame", "write_frame"]
 
@@ -93,12 +93,10 @@ class ReplicaTable:
 
     fresh_reads = True          # every read decodes a new copy (TableStore relies on it)
 
-    def __init__(self, path: str, partition: int, partitions: int,
-                 keep_max: int = 5_000) -> None:
+    def __init__(self, path: str, partition: int, keep_max: int = 5_000) -> None:
         from rocksdict import AccessType, Options, Rdict
 
         self.partition = partition
-        self.partitions = partitions
         self._secondary_dir = tempfile.mkdtemp(prefix=f"retention-secondary-{partition}-")
         options = Options(raw_mode=True)
         options.set_max_open_files(-1)
@@ -135,7 +133,7 @@ class ReplicaTable:
         """The customer keys (secondary and kept writes)."""
         out = {k for k, v in self._kept.items() if v[1] is not None}
         out.update(k for k in self.db.keys() if k not in self._kept)
-        return [k.decode("utf-8") for k in out if not k.startswith((b"__faust", META_PREFIX))]
+        return customer_keys(out)
 
     # -- the partition's start and the flush protocol ---------------------------------------
     def meta(self) -> Any:
@@ -200,7 +198,7 @@ class DomainSide:
     def start(self, partition: int, path: str, saved_models: Any) -> None:
         self.forget([partition])
         n = self.settings.partitions
-        table = ReplicaTable(path, partition, n)
+        table = ReplicaTable(path, partition)
         store = TableStore(table, keys=table.keys,
                            owns=lambda key: partition_for(key, n) == partition)
         hub = (restore_hub(saved_models, self._snapshot_key,
@@ -314,19 +312,9 @@ class DomainSide:
             proc = self.processors.get(p)
             if proc is None:
                 return None
-            engine = proc.engine
-            state = engine.store.get(arg)
-            if state is None or getattr(state, "retired", False):
-                return (orjson.dumps(state.to_dict()) if state is not None else b"null",
-                        None, None, None)
-            as_of = state.local_time
-            seen = engine.clock.max_seen
-            if seen is not None and (as_of is None or seen > as_of):
-                as_of = seen
-            hub = engine.scorer
-            return (orjson.dumps(state.to_dict()),
-                    orjson.dumps(engine.features_of(arg, as_of)),
-                    dict(hub.versions) if hub is not None else None, as_of)
+            state, features, versions, as_of = proc.engine.lookup(arg)
+            return (orjson.dumps(state.to_dict()) if state is not None else b"null",
+                    orjson.dumps(features) if features is not None else None, versions, as_of)
         if name == "models":
             from streams.web.modelstats import model_report
 

@@ -23,8 +23,7 @@ from models.contract import (ContractError, dead_letter_record, event_key, parse
 from models.engine import Engine
 
 __all__ = ["DeadLetter", "Message", "Outcome", "PartitionProcessor", "admit", "change_records",
-           "dead_letter",
-           "dlq_headers", "open_processor", "restore_hub"]
+           "dead_letter", "dlq_headers", "open_processor", "restore_hub"]
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +87,8 @@ class PartitionProcessor:
 
     def handle(self, msg: Message) -> Outcome:
         """One input message -> outputs or a dead letter. Never raises (except
-        ``BaseException``s such as cancellation). On a processing error the engine's
-        uncommitted changes are discarded by the caller via ``engine.dirty_keys()``."""
+        ``BaseException``s such as cancellation). What a dead-lettered event changed is
+        undone by :meth:`apply`, which runs this inside the store's undo log."""
         try:
             event, key = admit(msg, self.max_bytes)
         except ContractError as exc:
@@ -126,31 +125,25 @@ class PartitionProcessor:
         :class:`streams.state.TableStore`): a dead-lettered event leaves no state behind,
         only the keys it touched are put back as they were before it (the other events
         since the last flush keep their changes), and the partition's event time with it."""
-        store = self.engine.store
-        clock = self.engine.clock
-        before = (clock.max_seen, clock.late_events)
-        store.begin()
+        before = self._begin()
         outcome = (self.handle(msg) if admitted is None
                    else self.handle_admitted(msg, *admitted))
         if outcome.dead_letter is not None:
-            self._undo(store.rollback(), before)
+            self._rollback(before)
         else:
-            store.commit()
+            self.engine.store.commit()
         return outcome
 
     def apply_tick(self, t: float) -> list[dict]:
         """:meth:`tick` inside the store's undo log; a failure is undone as in :meth:`apply`
         and raised."""
-        store = self.engine.store
-        clock = self.engine.clock
-        before = (clock.max_seen, clock.late_events)
-        store.begin()
+        before = self._begin()
         try:
             outputs = self.tick(t)
         except Exception:
-            self._undo(store.rollback(), before)
+            self._rollback(before)
             raise
-        store.commit()
+        self.engine.store.commit()
         return outputs
 
     def flush_state(self, last: Any = None) -> dict[str, Any]:
@@ -164,14 +157,21 @@ class PartitionProcessor:
             engine.clear_dirty()
         return engine.export_meta()
 
-    def _undo(self, keys: list[str], clock_before: tuple[Any, Any]) -> None:
-        """After a rollback of ``keys``: the partition's event time as it was before the
-        failed event, and the timers of the restored keys back in the due-time index (the
-        failed event may have fired and popped them). A timer entry that was not popped is
-        now there twice: once the first fires and reschedules the key, the second is
-        skipped as stale (its due time no longer matches the state's). Engine counters
-        (statistics) are not rolled back."""
+    def _begin(self) -> tuple[Any, Any]:
+        """Open the store's undo log for one event; returns the clock to restore."""
+        self.engine.store.begin()
+        clock = self.engine.clock
+        return clock.max_seen, clock.late_events
+
+    def _rollback(self, clock_before: tuple[Any, Any]) -> None:
+        """The event failed: the keys it touched put back as they were (the store's undo
+        log), the partition's event time as it was before it, and the timers of the
+        restored keys back in the due-time index (the failed event may have fired and
+        popped them). A timer entry that was not popped is now there twice: once the first
+        fires and reschedules the key, the second is skipped as stale (its due time no
+        longer matches the state's). Engine counters (statistics) are not rolled back."""
         engine = self.engine
+        keys = engine.store.rollback()
         engine.clock.max_seen, engine.clock.late_events = clock_before
         for key in keys:
             state = engine.store.get(key)

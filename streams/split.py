@@ -34,7 +34,6 @@ import struct
 import sys
 import time
 import weakref
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,8 +43,8 @@ from faust.types import TP
 
 from models.contract import ContractError
 from models.state import CustomerState
-from streams.agents import Topology
-from streams.processor import DeadLetter, Message, admit, dead_letter
+from streams.agents import Topology, message_of
+from streams.processor import DeadLetter, admit, dead_letter
 from streams.settings import APP_VERSION
 from streams.state import partition_keys
 
@@ -55,7 +54,7 @@ log = logging.getLogger(__name__)
 
 _LEN = struct.Struct(">I")
 #: batches shipped to the child and not yet answered, at most
-DEPTH = int(os.environ.get("RETENTION_SPLIT_DEPTH", "2"))
+DEPTH = 2
 #: seconds between two refreshes of the models' report shown by the web views
 REPORT_EVERY = 2.0
 #: the worker's exit status when its domain process ends
@@ -190,9 +189,6 @@ class SplitTopology(Topology):
     async def on_agent_start(self) -> None:
         """Start the child with the agent: its imports (the models) take about a second,
         which the first batch would otherwise wait for."""
-        await self.ensure_started()
-
-    async def ensure_started(self) -> None:
         if self.client.proc is None:
             await self.client.start()
 
@@ -221,13 +217,9 @@ class SplitTopology(Topology):
             self.client.send(("forget", sorted(partitions)))
 
     # -- per batch --------------------------------------------------------------------------
-    async def on_batch(self, events: Sequence[Any]) -> None:
-        """:meth:`Topology.on_batch` (the start guard and the clock ticks decided here), with
-        the records shipped to the child at the end of the batch (:meth:`_end_batch`); their
-        answer is handled by :meth:`_on_frame`. Never raises (except cancellation)."""
-        await self.ensure_started()
-        await super().on_batch(events)
-
+    # Topology.on_batch (the start guard and the clock ticks decided as in one process) with
+    # the records collected here and shipped to the child at the batch's end; the answers
+    # are handled by _on_frame
     def _begin_batch(self) -> None:
         self._records: list[tuple] = []
         #: the batch's messages in order, each with its dead letter when refused here
@@ -236,10 +228,7 @@ class SplitTopology(Topology):
     async def _record_event(self, t: Any, msg: Any) -> None:
         # the contract here, the engine there: it balances the two processes
         max_bytes = self.settings.max_message_bytes
-        headers = msg.headers
-        m = Message(msg.topic, msg.partition, msg.offset, msg.key, msg.value,
-                    tuple((k, bytes(v) if v is not None else b"") for k, v in headers)
-                    if headers else (), msg.timestamp if msg.timestamp else None)
+        m = message_of(msg)
         try:
             event, key = admit(m, max_bytes)
         except ContractError as exc:

@@ -25,8 +25,8 @@ import orjson
 from models.partitioning import partition_for
 from models.state import CustomerState
 
-__all__ = ["META_PREFIX", "PartitionMeta", "TableStore", "index_items", "partition_index",
-           "partition_keys"]
+__all__ = ["META_PREFIX", "PartitionMeta", "TableStore", "customer_keys", "index_items",
+           "partition_index", "partition_keys"]
 
 _FAUST_INTERNAL = b"__faust"
 # undo markers: "was deleted (unflushed)" and "as in the table (reload it)"
@@ -63,6 +63,16 @@ def _customer_key(key: Any) -> str | None:
     return str(key)
 
 
+def customer_keys(keys: Iterable[Any]) -> list[str]:
+    """The customer keys among table keys (Faust's persisted offset and the partition meta
+    left out).
+
+    >>> customer_keys([b"c1", META_PREFIX + b"0", b"__faust_offset", b"c2"])
+    ['c1', 'c2']
+    """
+    return [c for c in map(_customer_key, keys) if c is not None]
+
+
 def partition_keys(table: Any, partition: int, partitions: int) -> list[str]:
     """Keys of ``table`` that belong to ``partition``.
 
@@ -75,7 +85,7 @@ def partition_keys(table: Any, partition: int, partitions: int) -> list[str]:
         db = dbs.get(partition)
         if db is None:
             return []
-        return [c for c in map(_customer_key, db.keys()) if c is not None]
+        return customer_keys(db.keys())
     return [c for c in map(_customer_key, list(table.keys()))
             if c is not None and partition_for(c, partitions) == partition]
 

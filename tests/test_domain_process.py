@@ -39,7 +39,7 @@ def test_replica_reads_the_primary_and_keeps_its_own_writes_until_written(tmp_pa
     primary.put(b"c1", orjson.dumps({"v": 1}))
     primary.put(META_PREFIX + b"0", orjson.dumps({"clock": {}}))
     primary.flush()
-    replica = ReplicaTable(str(tmp_path / "p0.db"), 0, PARTITIONS, keep_max=0)
+    replica = ReplicaTable(str(tmp_path / "p0.db"), 0, keep_max=0)
     try:
         assert replica.get(b"c1") == {"v": 1}
         assert replica.meta() == {"clock": {}}
@@ -75,7 +75,7 @@ def test_replica_reads_the_primary_and_keeps_its_own_writes_until_written(tmp_pa
 
 def test_replica_catches_up_only_past_its_bound(tmp_path):
     primary = _primary(tmp_path / "p0.db")
-    replica = ReplicaTable(str(tmp_path / "p0.db"), 0, PARTITIONS, keep_max=3)
+    replica = ReplicaTable(str(tmp_path / "p0.db"), 0, keep_max=3)
     try:
         for seq in range(3):
             replica[f"c{seq}".encode()] = {"v": seq}

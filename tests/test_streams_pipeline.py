@@ -45,6 +45,16 @@ def summary(env: dict[str, str]) -> dict:
         return json.loads(resp.read())
 
 
+def summary_after(env: dict[str, str], messages: int, timeout: float = 60.0) -> dict:
+    """The worker's summary once it has taken ``messages`` messages (or at the timeout)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        s = summary(env)
+        if s["stats"]["messages"] >= messages or time.monotonic() > deadline:
+            return s
+        time.sleep(0.05)
+
+
 def check_against_replay(broker, settings: Settings, lines: list[bytes]) -> tuple[int, int]:
     expected_changes, expected_states = replay(lines, settings.partitions, settings.models)
     got = [orjson.loads(r.value) for r in read_topic(broker.bootstrap,
@@ -188,12 +198,7 @@ def test_sigkill_mid_stream_then_restart_equals_uninterrupted(broker, workers, u
     w1 = workers("streams", env, name="first")
     w1.wait_ready(60)
     # kill once a good part (not all) is processed
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        done = summary(env)["stats"]["messages"]
-        if done >= len(lines) // 3:
-            break
-        time.sleep(0.05)
+    done = summary_after(env, len(lines) // 3)["stats"]["messages"]
     assert done < len(lines), "worker finished before the kill: raise the event count"
     w1.kill(signal.SIGKILL)
     w1.proc.wait(10)

@@ -15,7 +15,8 @@ import urllib.request
 import orjson
 import pytest
 from tests.conftest import key_of, produce_raw, read_topic, simulated_lines, wait_committed
-from tests.test_streams_pipeline import INPUT, check_against_replay, setup_env, summary
+from tests.test_streams_pipeline import (INPUT, check_against_replay, setup_env, summary,
+                                         summary_after)
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(300)]
 
@@ -97,12 +98,7 @@ def test_domain_process_sigkill_ends_the_worker_and_a_restart_replays(broker, wo
     produce_raw(broker.bootstrap, settings.topic(INPUT), [(key_of(x), x) for x in lines])
     w1 = workers("streams", env, name="first")
     w1.wait_ready(60)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        s = summary(env)
-        if s["stats"]["messages"] >= len(lines) // 3:
-            break
-        time.sleep(0.05)
+    s = summary_after(env, len(lines) // 3)
     done = s["stats"]["messages"]
     assert done < len(lines), "worker finished before the kill: raise the event count"
     import os

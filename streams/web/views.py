@@ -238,30 +238,20 @@ class WebSurface:
         rt = topo.runtimes.get(p)
         owned = p in self.owned_partitions()
         engine = rt.processor.engine if rt is not None else None
-        if not hasattr(engine, "features_of"):
-            engine = None                 # a split worker's mirror: read the table
-        state: CustomerState | None
-        if engine is not None:
-            state = engine.store.get(key)
-        else:
-            raw = topo.customers.get(key.encode("utf-8")) if owned else None
-            state = CustomerState.from_dict(raw) if isinstance(raw, dict) else None
-        features, versions, as_of = None, None, None
-        if state is not None and not getattr(state, "retired", False):
+        if hasattr(engine, "lookup"):
+            return self._customer_doc(key, p, owned, *engine.lookup(key))
+        # no engine here (or a split worker's mirror of one): the table, as last flushed
+        raw = topo.customers.get(key.encode("utf-8")) if owned else None
+        state = CustomerState.from_dict(raw) if isinstance(raw, dict) else None
+        features, as_of = None, None
+        if state is not None and not state.retired:
             as_of = state.local_time
-            if engine is not None:
-                seen = engine.clock.max_seen
-                if seen is not None and (as_of is None or seen > as_of):
-                    as_of = seen
-                features = engine.features_of(key, as_of)
-                versions = dict(engine.scorer.versions) if engine.scorer is not None else None
-            else:
-                config = getattr(topo, "engine_config", None) or EngineConfig()
-                features = customer_features(state, as_of or 0.0, config)
-                features.update({"churn_risk": state.scores.get("churn_risk"),
-                                 "abandon_risk": state.scores.get("abandon_risk"),
-                                 "clv": state.scores.get("clv", features.get("clv_simple"))})
-        return self._customer_doc(key, p, owned, state, features, versions, as_of)
+            config = getattr(topo, "engine_config", None) or EngineConfig()
+            features = customer_features(state, as_of or 0.0, config)
+            features.update({"churn_risk": state.scores.get("churn_risk"),
+                             "abandon_risk": state.scores.get("abandon_risk"),
+                             "clv": state.scores.get("clv", features.get("clv_simple"))})
+        return self._customer_doc(key, p, owned, state, features, None, as_of)
 
     def _customer_doc(self, key: str, p: int, owned: bool, state: CustomerState | None,
                       features: dict[str, Any] | None, versions: dict[str, str] | None,
