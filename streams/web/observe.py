@@ -34,6 +34,10 @@ from faust.sensors import Sensor
 from faust.streams import _current_event as _CURRENT_EVENT  # read by faust's current_event()
 from faust.types import TP
 
+# at import, with the worker's start: it imports the online models (River, about a second),
+# which a first call from a view would do on the event loop while events wait
+from streams.web.modelstats import model_report
+
 __all__ = ["FlowSensor", "Observer", "PartitionFlow", "LATENCY_BUCKETS"]
 
 #: seconds; the agent's time per message is usually well under a millisecond, a delivery
@@ -257,8 +261,6 @@ class Observer:
         own = getattr(self.topology, "model_report", None)
         if callable(own):
             return own()
-        from streams.web.modelstats import model_report
-
         hubs = self.hubs()
         return sorted(hubs), (model_report(hubs) if hubs else None)
 
