@@ -17,12 +17,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-__all__ = ["ALIASES_KEPT", "CustomerState", "ORDERS_KEPT", "RECENT_CHANGES_KEPT", "SEEN_IDS_KEPT"]
+__all__ = ["ALIASES_KEPT", "CustomerState", "ORDERS_KEPT", "RECENT_CHANGES_KEPT", "REPLACED_WHOLE",
+           "SEEN_IDS_KEPT"]
 
 SEEN_IDS_KEPT = 64          # event ids remembered per key to drop duplicates
 ORDERS_KEPT = 32            # recent order ids remembered (duplicate orders, refunds without amount)
 RECENT_CHANGES_KEPT = 10    # last segment changes kept for the operator view
 ALIASES_KEPT = 16           # anonymous ids linked to a customer, the most recent ones
+#: container fields the engine never changes in place, only replaces as a whole (the undo
+#: log of streams.state shares them instead of copying them; tests/test_streams_state.py
+#: checks it over simulator traffic)
+REPLACED_WHOLE = frozenset({"scores"})
 
 
 @dataclass(slots=True, eq=True)
@@ -85,7 +90,7 @@ class CustomerState:
     seg_due: dict = field(default_factory=dict)          # segment -> when its rule may flip
     definition_version: str | None = None                # catalogue the seg_due were computed with
     recent_changes: list = field(default_factory=list)   # [at, segment, change, event_id]
-    scores: dict = field(default_factory=dict)
+    scores: dict = field(default_factory=dict)           # replaced as a whole (REPLACED_WHOLE)
     model_data: dict = field(default_factory=dict)       # owned by the scorer
     # idempotence
     seen_ids: list = field(default_factory=list)

@@ -212,25 +212,43 @@ def test_the_due_time_index_is_read_from_rocksdb_without_loading_states(tmp_path
     assert sorted(fresh._heap) == expected and fresh._heap[0] == expected[0]
 
 
-def test_undo_snapshot_is_the_json_of_the_state_and_restores_it() -> None:
-    """The undo record is written from the dataclass directly (no ``to_dict`` first): it must
-    be the very bytes of ``to_dict()`` and restore an equal, independent state."""
+def test_undo_snapshot_is_independent_of_what_the_next_event_does() -> None:
+    """The undo record shares the state's immutable values and the containers the engine only
+    replaces (``REPLACED_WHOLE``) and copies the rest. Over simulator traffic with the
+    models, the record taken before each event must restore the state exactly as it was
+    then, after the event changed the live state."""
+    from models.contract import parse_event
     from models.scoring import ModelHub
     from models.simulator import SimConfig, simulate
-    from models.contract import parse_event
-    from streams.state import _restore, _snapshot
+    from models.state import REPLACED_WHOLE
+    from streams.state import _COPIED, _restore, _snapshot
 
+    assert "scores" in REPLACED_WHOLE and "scores" not in _COPIED
+    assert {"session", "segments", "model_data", "seen_ids", "positions"} <= set(_COPIED)
     engine = Engine(scorer=ModelHub())
     sim = simulate(SimConfig(n_customers=60, days=60, seed=3, usd_share=0.0))
+    checked = changed_scores = 0
     for event in sim.events:
-        engine.process(parse_event(orjson.dumps(event)))
-    states = list(engine.store.values())
-    assert len(states) >= 50 and any(s.model_data for s in states) and any(s.session for s in states)
-    for state in states:
-        snap = _snapshot(state)
-        assert snap == orjson.dumps(state.to_dict())
+        event = parse_event(orjson.dumps(event))
+        key = event.get("customer_id") or event.get("anonymous_id")
+        state = engine.store.get(key)
+        if state is not None:
+            before_json = orjson.dumps(state.to_dict())
+            before_scores = state.scores
+            snap = _snapshot(state)
+        engine.process(event)
+        if state is None:
+            continue
         back = _restore(snap)
-        assert back == state and back is not state
-        if back.segments:
-            back.segments.clear()
-            assert state.segments            # an independent copy
+        assert orjson.dumps(back.to_dict()) == before_json
+        assert back is not state and type(back) is type(state)
+        checked += 1
+        changed_scores += state.scores is not before_scores
+    assert checked > 1000 and changed_scores > 500
+    states = list(engine.store.values())
+    assert any(s.model_data for s in states) and any(s.session for s in states)
+    state = next(s for s in states if s.segments)
+    back = _restore(_snapshot(state))
+    assert back == state
+    back.segments.clear()
+    assert state.segments                                # an independent copy
