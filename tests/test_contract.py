@@ -205,6 +205,8 @@ def test_fastjsonschema_and_jsonschema_2020_12_agree(name, path, reference):
         fast_ok = False
     ref_errors = sorted(reference[schema].iter_errors(obj), key=lambda e: list(e.absolute_path))
     assert fast_ok == (not ref_errors), (fast_ok, [e.message[:200] for e in ref_errors])
+    if schema != "envelope":                 # the quick validator (jsonschema_rs) too
+        assert contract._quick_validator(schema).is_valid(obj) == (not ref_errors)
 
 
 def test_validators_agree_on_mutations_of_an_order(reference):
@@ -212,6 +214,7 @@ def test_validators_agree_on_mutations_of_an_order(reference):
     base = json.loads((EXAMPLES / "order_completed" / "valid.json").read_text())
     values = [None, "", "x" * 200, -1, 0, 1, 1.5, 10**13, True, [], {}, "EUR", "2024-01-01T00:00:00Z"]
     fast = contract._validator("order_completed")
+    quick = contract._quick_validator("order_completed")
     for key in list(base) + ["lines.0.quantity", "lines.0.price", "lines.0.product_id", "lines.0.discount"]:
         for value in values:
             ev = copy.deepcopy(base)
@@ -227,6 +230,26 @@ def test_validators_agree_on_mutations_of_an_order(reference):
                 fast_ok = False
             ref_ok = reference["order_completed"].is_valid(ev)
             assert fast_ok == ref_ok, (key, value)
+            assert quick.is_valid(ev) == ref_ok, (key, value)
+
+
+def test_a_record_only_the_quick_validator_refuses_is_refused():
+    """The quick validator (jsonschema_rs, ECMA-262 patterns) and the detailed one
+    (fastjsonschema, Python patterns) can differ; then the record is refused, with the rule
+    and a bounded value, never accepted. Python's ``\\d`` takes any Unicode digit."""
+    checks = contract._Checks({"$schema": contract._DRAFT07, "type": "object",
+                               "properties": {"n": {"type": "string", "pattern": "^\\d+$"}}})
+    checks({"n": "12"})
+    odd = {"n": "\u0661\u0662"}                      # Arabic-Indic digits
+    checks.detailed(odd)                            # fastjsonschema alone accepts it
+    assert not checks.quick.is_valid(odd)
+    with pytest.raises(ContractError) as info:
+        checks(odd)
+    assert (info.value.stage, info.value.path) == ("schema", "n")
+    assert "(pattern)" in info.value.reason
+    with pytest.raises(ContractError) as info:       # both refuse: the detailed reason
+        checks({"n": 5})
+    assert info.value.reason.startswith("must be string")
 
 
 # --------------------------------------------------------------------------- bytes
