@@ -18,6 +18,7 @@ same events gives the same outputs as the live run.
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timezone
 from functools import lru_cache
 
@@ -60,6 +61,32 @@ def format_time(t: float) -> str:
     >>> format_time(1.5)
     '1970-01-01T00:00:01.500Z'
     """
+    if not 0.0 <= t < _LAST:
+        return _format_datetime(t)
+    # what datetime.fromtimestamp does (microseconds rounded half to even), without building
+    # a datetime: every segment change is stamped with this
+    frac, whole = math.modf(t)
+    us = round(frac * 1e6)
+    if us >= 1_000_000:
+        whole += 1.0
+        us -= 1_000_000
+    day, sec = divmod(int(whole), 86400)
+    prefix = _DAY_PREFIX.get(day)
+    if prefix is None:
+        prefix = _DAY_PREFIX[day] = _format_datetime(day * 86400.0)[:11]
+    minute, second = divmod(sec, 60)
+    return prefix + _HH_MM[minute] + _SS[second] + (_MILLIS[us // 1000] if us else "Z")
+
+
+_LAST = 4102444800.0                  # 2100-01-01T00:00:00Z: later ones take the long way
+_DAY_PREFIX: dict[int, str] = {}      # day number -> "YYYY-MM-DDT"
+_HH_MM = [f"{h:02d}:{m:02d}:" for h in range(24) for m in range(60)]
+_SS = [f"{s:02d}" for s in range(60)]
+_MILLIS = [f".{ms:03d}Z" for ms in range(1000)]
+
+
+def _format_datetime(t: float) -> str:
+    """:func:`format_time` by way of ``datetime`` (any time; the reference)."""
     dt = datetime.fromtimestamp(t, tz=timezone.utc)
     if dt.microsecond:
         return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"

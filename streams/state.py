@@ -21,7 +21,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from dataclasses import fields
-from typing import Any, NamedTuple
+from typing import Any
 
 import orjson
 
@@ -333,7 +333,8 @@ class TableStore(MutableMapping[str, CustomerState]):
 
 #: an undo record's fields taken as they are: immutable values, and the containers the engine
 #: only ever replaces as a whole (models.state.REPLACED_WHOLE); the other containers are
-#: changed in place, so they are copied (as JSON, which every state goes through anyway)
+#: changed in place, so they are copied (as JSON, which every state goes through anyway;
+#: shallow copies of the flat ones measured no faster)
 _SCALAR_TYPES = frozenset({"int", "float", "str", "bool", "int | None", "float | None",
                            "str | None", "bool | None"})
 _FIELD_NAMES = tuple(f.name for f in fields(CustomerState))
@@ -344,30 +345,23 @@ _all_values = operator.attrgetter(*_FIELD_NAMES)
 _copied_values = operator.attrgetter(*_COPIED)
 
 
-class _Before(NamedTuple):
-    """A state as it was before an event: its field values, with the containers changed in
-    place as JSON."""
-
-    values: tuple
-    copied: bytes
-
-
 def _snapshot(state: CustomerState) -> Any:
     """An independent copy of ``state`` as it is now, whatever the engine then does to it
-    (:func:`_restore` gives it back). This runs for nearly every event (a burst of one
-    customer's events keeps the key unflushed), so only what can change in place is copied:
-    a third of the state's JSON, in half the time of the whole (docs/BENCHMARKS.md)."""
+    (:func:`_restore` gives it back): a tuple ``(field values, the containers changed in
+    place as JSON)``. This runs for nearly every event (a burst of one customer's events
+    keeps the key unflushed), so only what can change in place is copied: a third of the
+    state's JSON, in less than half the time of the whole (docs/BENCHMARKS.md)."""
     if type(state) is CustomerState:
-        return _Before(_all_values(state), orjson.dumps(_copied_values(state)))
+        return _all_values(state), orjson.dumps(_copied_values(state))
     import copy
 
     return copy.deepcopy(state)
 
 
 def _restore(before: Any) -> CustomerState:
-    if isinstance(before, _Before):
-        values = list(before.values)
-        for at, value in zip(_COPIED_AT, orjson.loads(before.copied)):
+    if type(before) is tuple:
+        values = list(before[0])
+        for at, value in zip(_COPIED_AT, orjson.loads(before[1])):
             values[at] = value
         return CustomerState(*values)
     import copy

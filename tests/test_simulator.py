@@ -134,6 +134,23 @@ def test_fast_time_format_equals_clock_format_time():
         assert _fmt(ms) == format_time(ms / 1000)
 
 
+def test_clock_format_time_equals_the_datetime_way():
+    """models.clock.format_time skips datetime for 1970-2099; the same text, rounding of the
+    microseconds (half to even, with a carry into the second) included."""
+    import random
+
+    from models.clock import _format_datetime
+
+    rnd = random.Random(7)
+    edges = [0.0, 0.0000005, 0.0000015, 0.9999994, 0.9999995, 0.9999996, 59.9995, 86399.9999996,
+             1_735_689_599.9999995, 1_735_689_600.0005, 4_102_444_799.999, 4_102_444_800.0,
+             -0.5, -86400.25, 5e9, 1.7e9 + 0.1234565]
+    times = edges + [rnd.uniform(0, 4.2e9) for _ in range(20000)]
+    times += [round(rnd.uniform(1.6e9, 1.8e9), rnd.randint(0, 7)) for _ in range(20000)]
+    for t in times:
+        assert format_time(t) == _format_datetime(t), t
+
+
 def test_write_jsonl_round_trips(tmp_path):
     cfg = SimConfig(n_customers=40, days=60, seed=1, anonymous_visitors=5)
     events = simulate(cfg).events

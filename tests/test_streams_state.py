@@ -212,23 +212,15 @@ def test_the_due_time_index_is_read_from_rocksdb_without_loading_states(tmp_path
     assert sorted(fresh._heap) == expected and fresh._heap[0] == expected[0]
 
 
-def test_undo_snapshot_is_independent_of_what_the_next_event_does() -> None:
-    """The undo record shares the state's immutable values and the containers the engine only
-    replaces (``REPLACED_WHOLE``) and copies the rest. Over simulator traffic with the
-    models, the record taken before each event must restore the state exactly as it was
-    then, after the event changed the live state."""
+def _undo_records_hold(engine: Engine, events: list[dict]) -> tuple[int, int]:
+    """Process ``events``; before each, take the undo record of its key's state, and after
+    it check that the record restores the state as it was. Returns (records checked, events
+    that replaced the scores)."""
     from models.contract import parse_event
-    from models.scoring import ModelHub
-    from models.simulator import SimConfig, simulate
-    from models.state import REPLACED_WHOLE
-    from streams.state import _COPIED, _restore, _snapshot
+    from streams.state import _restore, _snapshot
 
-    assert "scores" in REPLACED_WHOLE and "scores" not in _COPIED
-    assert {"session", "segments", "model_data", "seen_ids", "positions"} <= set(_COPIED)
-    engine = Engine(scorer=ModelHub())
-    sim = simulate(SimConfig(n_customers=60, days=60, seed=3, usd_share=0.0))
     checked = changed_scores = 0
-    for event in sim.events:
+    for event in events:
         event = parse_event(orjson.dumps(event))
         key = event.get("customer_id") or event.get("anonymous_id")
         state = engine.store.get(key)
@@ -240,10 +232,30 @@ def test_undo_snapshot_is_independent_of_what_the_next_event_does() -> None:
         if state is None:
             continue
         back = _restore(snap)
-        assert orjson.dumps(back.to_dict()) == before_json
+        assert orjson.dumps(back.to_dict()) == before_json, event["type"]
         assert back is not state and type(back) is type(state)
         checked += 1
         changed_scores += state.scores is not before_scores
+    return checked, changed_scores
+
+
+def test_undo_snapshot_is_independent_of_what_the_next_event_does() -> None:
+    """The undo record shares the state's immutable values and the containers the engine only
+    replaces (``REPLACED_WHOLE``) and copies the others as JSON. Over simulator traffic with the models, and over a customer's
+    directed history (a visitor linked, orders cancelled and refunded, reviews, a delivery
+    issue), the record taken before each event must restore the state exactly as it was
+    then, after the event changed the live state."""
+    from models.scoring import ModelHub
+    from models.simulator import SimConfig, simulate
+    from models.state import REPLACED_WHOLE
+    from streams.state import _COPIED, _restore, _snapshot
+    from tests.eventkit import Shop
+
+    assert "scores" in REPLACED_WHOLE and "scores" not in _COPIED
+    assert {"session", "model_data", "recent_orders", "segments", "positions"} <= set(_COPIED)
+    engine = Engine(scorer=ModelHub())
+    sim = simulate(SimConfig(n_customers=60, days=60, seed=3, usd_share=0.0))
+    checked, changed_scores = _undo_records_hold(engine, sim.events)
     assert checked > 1000 and changed_scores > 500
     states = list(engine.store.values())
     assert any(s.model_data for s in states) and any(s.session for s in states)
@@ -252,3 +264,14 @@ def test_undo_snapshot_is_independent_of_what_the_next_event_does() -> None:
     assert back == state
     back.segments.clear()
     assert state.segments                                # an independent copy
+
+    shop = Shop()
+    o1, o2 = shop.order("c1", day=3, total=80), shop.order("c1", day=9, total=120)
+    directed = [shop.view("a1", day=0, anonymous=True), shop.add("a1", day=0, minute=2, anonymous=True),
+                shop.view("c1", day=1, anonymous_id="a1"), o1, o2,
+                shop.cancel("c1", day=10, order_id=o1["order_id"]),
+                shop.refund("c1", day=11, order_id=o2["order_id"], amount=20.0),
+                shop.review("c1", day=12, rating=1), shop.delivery_issue("c1", day=13),
+                shop.review("c1", day=14, rating=5), shop.order("c1", day=40, total=60)]
+    checked, _ = _undo_records_hold(Engine(scorer=ModelHub()), directed)
+    assert checked >= len(directed) - 2
