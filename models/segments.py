@@ -31,6 +31,7 @@ False
 from __future__ import annotations
 
 import ast
+import copy
 import hashlib
 import os
 import re
@@ -98,7 +99,7 @@ def _check_tree(tree: ast.AST, text: str) -> set[str]:
 class Rule:
     """One checked, compiled condition."""
 
-    __slots__ = ("text", "names", "timed", "_code", "_time_terms")
+    __slots__ = ("text", "names", "timed", "_test", "_time_terms")
 
     def __init__(self, text: str) -> None:
         self.text = " ".join(str(text).split())
@@ -114,13 +115,13 @@ class Rule:
             pass
         except Exception as exc:  # simpleeval rejects what its language does not have
             raise DefinitionError(f"{self.text!r}: {exc}") from None
-        self._code = compile(tree, f"<rule {self.text}>", "eval")
+        self._test = _as_function(tree.body, f"<rule {self.text}>")
         self._time_terms = _time_terms(tree)
         self.timed = bool(self._time_terms)
 
     def __call__(self, features: dict[str, Any]) -> bool:
         try:
-            return bool(eval(self._code, _GLOBALS, features))  # noqa: S307 (checked tree)
+            return bool(self._test(features))
         except (TypeError, ZeroDivisionError):
             return False
 
@@ -133,7 +134,7 @@ class Rule:
             if anchor is None:
                 continue
             try:
-                value = eval(other, _GLOBALS, features)  # noqa: S307 (checked tree)
+                value = other(features)
             except (TypeError, ZeroDivisionError):
                 continue
             if value is None or isinstance(value, bool):
@@ -158,9 +159,31 @@ def _time_terms(tree: ast.Expression) -> list[tuple[str, Any]]:
             if isinstance(this, ast.Name) and this.id in TIME_FEATURES:
                 if any(isinstance(n, ast.Name) and n.id in TIME_FEATURES for n in ast.walk(other)):
                     continue
-                code = compile(ast.Expression(body=other), "<term>", "eval")
-                terms.append((this.id, code))
+                terms.append((this.id, _as_function(other, "<term>")))
     return terms
+
+
+class _FeatureLookups(ast.NodeTransformer):
+    """``orders`` -> ``f["orders"]`` (the functions min, max and abs stay names)."""
+
+    def visit_Name(self, node: ast.Name) -> ast.AST:
+        if node.id in _FUNCTIONS:
+            return node
+        return ast.copy_location(ast.Subscript(value=ast.Name("f", ast.Load()),
+                                               slice=ast.Constant(node.id), ctx=ast.Load()), node)
+
+
+def _as_function(expr: ast.expr, name: str) -> Callable[[dict[str, Any]], Any]:
+    """``lambda f: <expr>`` over a features dict, from a checked tree (see
+    :func:`_check_tree`), with no builtins but min, max and abs: twice as fast as evaluating
+    the expression with the dict as its namespace, which every event does a dozen times. A
+    missing feature raises ``KeyError`` (as it raised ``NameError``)."""
+    body = _FeatureLookups().visit(copy.deepcopy(expr))
+    fn = ast.Expression(ast.Lambda(
+        args=ast.arguments(posonlyargs=[], args=[ast.arg("f")], kwonlyargs=[], kw_defaults=[],
+                           defaults=[]), body=body))
+    ast.fix_missing_locations(fn)
+    return eval(compile(fn, name, "eval"), dict(_GLOBALS))  # noqa: S307 (checked tree)
 
 
 @dataclass(frozen=True)

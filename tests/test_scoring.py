@@ -423,3 +423,36 @@ def test_snapshot_of_another_abandon_encoding_restores_a_new_abandon_model(monke
     eng.advance(T0 + 3 * DAY)                                   # the a1 points: stale, not learned
     assert back.abandon.labels == 0 and back.abandon.stale_labels == 2
     assert back.versions["abandon_risk"] == "abandon-logreg/a2/0"
+
+
+def test_compact_remembers_values_and_gives_what_the_formula_gives():
+    """models.scoring.encoding.compact keeps the first values it rounded: the same floats
+    (sign of zero included) as rounding every time, before and after its memory is full."""
+    import math
+    import random
+
+    from models.scoring import encoding
+
+    rnd = random.Random(3)
+    values = [0.0, -0.0, 0, False, True, 1, 1.0, -1.0, 1e-9, 123456.0, 0.1 + 0.2, math.inf]
+    values += [rnd.choice([rnd.uniform(-1e6, 1e6), rnd.random(), float(rnd.randint(0, 50)),
+                           math.log1p(rnd.randint(0, 500))]) for _ in range(3 * encoding._COMPACT_KEPT)]
+    for v in values + values:                     # the second round mostly from the memory
+        got = encoding.compact(v)
+        want = float(f"{v:.5g}")
+        assert got == want and math.copysign(1, got) == math.copysign(1, want), v
+    assert len(encoding._COMPACTED) == encoding._COMPACT_KEPT
+
+
+def test_versions_follow_every_label_learned_and_every_refit():
+    """ModelHub.versions is rebuilt only when a model changed: it must still change then."""
+    hub = ModelHub(HubConfig(snapshot_key=KEY))
+    first = dict(hub.versions)
+    assert hub.versions == first and hub.versions is hub.versions
+    hub.churn.learner.n_learned += 1                      # as learning a label does
+    assert hub.versions["churn_risk"] != first["churn_risk"]
+    assert hub.versions["churn_risk"] == hub.churn.version
+    hub.abandon.learner.n_learned += 1
+    assert hub.versions["abandon_risk"] == hub.abandon.version != first["abandon_risk"]
+    hub.population.refits += 1
+    assert hub.versions["clv"] == f"bgnbd-gg/{hub.population.refits}" != first["clv"]

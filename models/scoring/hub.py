@@ -105,9 +105,17 @@ class ModelHub:
     # -- Scorer protocol -----------------------------------------------------------------
     @property
     def versions(self) -> dict[str, str]:
+        """The models' versions (every score carries them): built again only when one
+        changed (a label learned, a refit). Not to be changed by the caller."""
         pop = self.population
-        return {"churn_risk": self.churn.version, "abandon_risk": self.abandon.version,
-                "clv": f"bgnbd-gg/{pop.refits}", "next_order": f"gap-shrink/{pop.refits}"}
+        at = (self.churn.learner.n_learned, self.abandon.learner.n_learned, pop.refits)
+        if at != getattr(self, "_versions_at", None):     # (not in older snapshots)
+            self._versions = {"churn_risk": self.churn.version,
+                              "abandon_risk": self.abandon.version,
+                              "clv": f"bgnbd-gg/{pop.refits}",
+                              "next_order": f"gap-shrink/{pop.refits}"}
+            self._versions_at = at
+        return self._versions
 
     def score(self, key: str, state: Any, features: dict, now: float) -> dict:
         cfg = self.config
