@@ -60,7 +60,7 @@ from streams.processor import Message, change_records, open_processor, restore_h
 from streams.settings import APP_VERSION, Settings
 from streams.state import META_PREFIX, TableStore, customer_keys, index_items
 
-__all__ = ["DomainSide", "ReplicaTable", "read_frame", "write_frame"]
+__all__ = ["DomainSide", "ReplicaTable", "read_frame", "widen_pipe", "write_frame"]
 
 log = logging.getLogger("streams.domain_process")
 
@@ -369,6 +369,25 @@ def serve(inp: BinaryIO, out: BinaryIO) -> int:
             raise ValueError(f"unknown frame {kind!r}")
 
 
+#: Linux's fcntl to set a pipe's capacity (not in Python's fcntl module before 3.10)
+_F_SETPIPE_SZ = 1031
+
+
+def widen_pipe(fd: int) -> int | None:
+    """Raise the capacity of the pipe on ``fd`` to the most an unprivileged process may
+    (``/proc/sys/fs/pipe-max-size``, 1 MiB by default; 64 KiB otherwise), so that a whole
+    batch frame fits: the parent writes it at once and the child reads it at once, neither
+    waiting for the other's loop. Returns the new capacity, or None where this cannot be
+    done (not Linux, not a pipe)."""
+    try:
+        import fcntl
+        with open("/proc/sys/fs/pipe-max-size") as f:
+            size = int(f.read())
+        return fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", _F_SETPIPE_SZ), size)
+    except (OSError, ValueError, ImportError):
+        return None
+
+
 def main() -> int:
     level = os.environ.get("RETENTION_LOG_LEVEL", "info").upper()
     logging.basicConfig(level=getattr(logging, level, logging.INFO), stream=sys.stderr,
@@ -377,6 +396,8 @@ def main() -> int:
     # the standard error, so that nothing else (a print, a library writing to file
     # descriptor 1) can write into the frame channel
     sys.stdout.flush()
+    for fd in (0, 1):
+        widen_pipe(fd)
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
     sys.stdout = sys.stderr
