@@ -369,22 +369,18 @@ def serve(inp: BinaryIO, out: BinaryIO) -> int:
             raise ValueError(f"unknown frame {kind!r}")
 
 
-#: Linux's fcntl to set a pipe's capacity (not in Python's fcntl module before 3.10)
-_F_SETPIPE_SZ = 1031
-
-
 def widen_pipe(fd: int) -> int | None:
-    """Raise the capacity of the pipe on ``fd`` to the most an unprivileged process may
-    (``/proc/sys/fs/pipe-max-size``, 1 MiB by default; 64 KiB otherwise), so that a whole
-    batch frame fits: the parent writes it at once and the child reads it at once, neither
-    waiting for the other's loop. Returns the new capacity, or None where this cannot be
-    done (not Linux, not a pipe)."""
+    """Raise the capacity of the pipe on ``fd`` from 64 KiB to the most an unprivileged
+    process may (``/proc/sys/fs/pipe-max-size``, 1 MiB by default), so that a whole batch
+    frame fits: the parent writes it at once and the child reads it at once, neither waiting
+    for the other's loop. Returns the new capacity, or None where this cannot be done (not
+    Linux, not a pipe); the pipe then keeps its capacity."""
     try:
         import fcntl
         with open("/proc/sys/fs/pipe-max-size") as f:
             size = int(f.read())
-        return fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", _F_SETPIPE_SZ), size)
-    except (OSError, ValueError, ImportError):
+        return fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, size)
+    except (OSError, ValueError, ImportError, AttributeError):
         return None
 
 
