@@ -3,10 +3,11 @@
 :class:`SplitTopology` is the :class:`~streams.agents.Topology` whose engines live in a child
 process (:mod:`streams.domain_process`). Per batch, the Faust side checks the start guard,
 decides the clock ticks (as the one-process worker does), ships the raw records to the
-child and goes back to Faust for the next batch without waiting: the child works on batch
-*k* while Faust reads batch *k + 1* (at most ``DEPTH`` batches in flight). A reader task
-takes the child's answers in order and hands the changes and dead letters to the producers
-at once, so latency does not wait for a flush.
+child in frames of at most ``CHUNK`` records and goes back to Faust for the next batch
+without waiting: the child works on batch *k* while Faust reads batch *k + 1* (at most
+``IN_FLIGHT`` batch sizes of records in the child). A reader task takes the child's answers
+in order and hands the changes and dead letters to the producers at once, so latency does
+not wait for a flush, nor for the rest of a long batch.
 
 The flush keeps the one-process guarantees, in the same order: every batch answered, the
 child's changed states of the flush taken (in the order to write them, the meta last),
@@ -48,13 +49,17 @@ from streams.processor import DeadLetter, admit, dead_letter
 from streams.settings import APP_VERSION
 from streams.state import partition_keys
 
-__all__ = ["DomainClient", "SplitTopology"]
+__all__ = ["DomainClient", "SplitTopology", "frames"]
 
 log = logging.getLogger(__name__)
 
 _LEN = struct.Struct(">I")
-#: batches shipped to the child and not yet answered, at most
-DEPTH = 2
+#: records in one frame to the child, at most: the child answers the first records of a
+#: long batch while it works on the rest (an event waits for its frame, not its batch)
+CHUNK = 128
+#: records shipped to the child and not yet answered, at most, in ingest batches
+#: (``RETENTION_BATCH_MAX``): the agent waits beyond it
+IN_FLIGHT = 2
 #: seconds between two refreshes of the models' report shown by the web views
 REPORT_EVERY = 2.0
 #: the worker's exit status when its domain process ends
@@ -166,6 +171,32 @@ class _Shipped:
 
     messages: list[tuple[Any, Any]]
     done: asyncio.Future
+    records: int = 0
+
+
+def frames(messages: list[tuple[Any, Any]], records: list[tuple],
+           chunk: int) -> list[tuple[list, list]]:
+    """``messages`` (each with its dead letter when refused here, else None) and the
+    ``records`` of those not refused, in order, cut into frames of at most ``chunk``
+    records: ``[(messages, records), ...]``, every message in one frame, in order (a refused
+    one stays between the records around it); a batch of refused messages only is one
+    frame.
+
+    >>> ms = [("a", None), ("b", "refused"), ("c", None), ("d", None)]
+    >>> [([m for m, _ in f], r) for f, r in frames(ms, ["A", "C", "D"], 2)]
+    [(['a', 'b', 'c'], ['A', 'C']), (['d'], ['D'])]
+    """
+    out = []
+    first = taken = 0                            # the frame's first message, its records
+    for i, (_msg, refused) in enumerate(messages):
+        if refused is None:
+            taken += 1
+            if taken == chunk and i + 1 < len(messages):
+                out.append((messages[first:i + 1], records[:taken]))
+                records = records[taken:]
+                first, taken = i + 1, 0
+    out.append((messages[first:], records))
+    return out
 
 
 class SplitTopology(Topology):
@@ -177,6 +208,8 @@ class SplitTopology(Topology):
         self.client = DomainClient(settings, self._on_frame)
         self._seq = 0
         self._shipped: dict[int, _Shipped] = {}
+        self._in_flight = 0                          # records shipped, not yet answered
+        self._in_flight_max = IN_FLIGHT * max(1, settings.batch_max)
         self._requests: dict[int, asyncio.Future] = {}
         self._flush_replies: dict[int, asyncio.Future] = {}
         self._completion: asyncio.Future | None = None
@@ -246,22 +279,33 @@ class SplitTopology(Topology):
             self._messages.append((msg, None))
 
     async def _end_batch(self) -> None:
-        """Ship the batch (even with only refused records: their dead letters go in their
-        order); wait while more than ``DEPTH`` batches are in the child."""
+        """Ship the batch in frames of at most ``CHUNK`` records (even with only refused
+        records: their dead letters go in their order); wait while more than ``IN_FLIGHT``
+        batch sizes of records are in the child.
+
+        A live stream gives small batches, each shipped at once; a backlog gives full ones,
+        whose first frames the child answers while it works on the last."""
         if self._messages:
-            seq = self._seq = self._seq + 1
-            done = asyncio.get_running_loop().create_future()
-            self._shipped[seq] = _Shipped(self._messages, done)
-            self.client.send(("batch", seq, self._records))
+            for messages, records in frames(self._messages, self._records, CHUNK):
+                self._ship(messages, records)
             await self.client.drain()
-        while len(self._shipped) > DEPTH:
+        while self._in_flight > self._in_flight_max and self._shipped:
             await asyncio.shield(next(iter(self._shipped.values())).done)
+
+    def _ship(self, messages: list[tuple[Any, DeadLetter | None]],
+              records: list[tuple]) -> None:
+        seq = self._seq = self._seq + 1
+        done = asyncio.get_running_loop().create_future()
+        self._shipped[seq] = _Shipped(messages, done, len(records))
+        self._in_flight += len(records)
+        self.client.send(("batch", seq, records))
 
     async def _on_frame(self, frame: tuple) -> None:
         """An answer of the child (in the order of the frames sent)."""
         kind, seq = frame[0], frame[1]
         if kind == "batch":
             shipped = self._shipped.pop(seq)
+            self._in_flight -= shipped.records
             try:
                 await self._on_results(shipped.messages, frame[2], frame[3])
             except Exception:  # noqa: BLE001 - counted and logged; the batch is done
@@ -460,5 +504,6 @@ class SplitTopology(Topology):
         out = super().summary()
         proc = self.client.proc
         out["domain_process"] = {"pid": proc.pid if proc is not None else None,
-                                 "batches_in_flight": len(self._shipped)}
+                                 "frames_in_flight": len(self._shipped),
+                                 "records_in_flight": self._in_flight}
         return out

@@ -12,6 +12,9 @@ from pathlib import Path
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import settings as settings_hyp
+from hypothesis import strategies as st
 from tests.conftest import simulated_lines
 
 from models.partitioning import partition_for
@@ -348,3 +351,22 @@ def test_a_split_worker_needs_the_rocksdb_store(tmp_path):
     from streams.split import SplitTopology
 
     assert isinstance(app.retention_topology, SplitTopology)
+
+
+@settings_hyp(max_examples=300, deadline=None)
+@given(refused=st.lists(st.booleans(), min_size=1, max_size=60), chunk=st.integers(1, 9))
+def test_frames_cut_a_batch_in_order_with_at_most_chunk_records(refused, chunk):
+    """The split worker ships a batch in frames (streams/split.py): every message once, in
+    order, each record with its message, every frame but the last full (``chunk``
+    records), none without a message."""
+    from streams.split import frames
+
+    messages = [(i, "refused" if r else None) for i, r in enumerate(refused)]
+    records = [("rec", i) for i, r in enumerate(refused) if not r]
+    out = frames(messages, records, chunk)
+    assert [m for ms, _ in out for m in ms] == messages
+    for ms, recs in out:
+        assert ms
+        assert recs == [("rec", i) for i, r in ms if r is None]
+    assert all(len(recs) == chunk for _, recs in out[:-1])
+    assert len(out[-1][1]) <= chunk
