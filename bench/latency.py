@@ -43,6 +43,11 @@ from bench import _harness as H  # noqa: E402
 LINGER_MS = 5
 
 
+#: the change reader's fetch wait (Tansu holds a fetch for its whole wait: it adds up to this
+#: to the latency measured; set with --reader-fetch-wait-ms)
+READER_WAIT_MS = 10
+
+
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -51,7 +56,8 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def offer(bootstrap: str, recs: list[tuple[str, bytes, bytes]], ids: list[str], rate: float,
-                changes_topic: str, settle: float, linger_ms: int = LINGER_MS) -> dict:
+                changes_topic: str, settle: float, linger_ms: int = LINGER_MS,
+                reader_wait_ms: int = READER_WAIT_MS) -> dict:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
     sent: dict[str, float] = {}
@@ -59,7 +65,7 @@ async def offer(bootstrap: str, recs: list[tuple[str, bytes, bytes]], ids: list[
     at: list[float] = []                       # when each matched change's event was sent
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
                                 enable_auto_commit=False, auto_offset_reset="latest",
-                                fetch_max_wait_ms=10)
+                                fetch_max_wait_ms=reader_wait_ms)
     await consumer.start()
     tps = [TopicPartition(changes_topic, p) for p in range(H.PARTITIONS)]
     consumer.assign(tps)
@@ -220,7 +226,7 @@ def one_run(args: argparse.Namespace, run: int, work: Path) -> dict:
             ids = [e["event_id"] for e in events]
             res = asyncio.run(offer(broker.bootstrap, recs, ids, rate,
                                     s.topic("segments.changes"), args.settle,
-                                    args.producer_linger_ms))
+                                    args.producer_linger_ms, args.reader_fetch_wait_ms))
         finally:
             worker.stop()
         out.update(res)
@@ -258,6 +264,8 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--producer-linger-ms", type=int, default=LINGER_MS,
                    help="linger of the producer offering the events (0: one request per event)")
+    p.add_argument("--reader-fetch-wait-ms", type=int, default=READER_WAIT_MS,
+                   help="fetch wait of the consumer reading the changes")
     p.add_argument("--domain-process", action="store_true",
                    help="the worker split in two processes (RETENTION_DOMAIN_PROCESS=on)")
     p.add_argument("--json")
