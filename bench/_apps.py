@@ -141,7 +141,7 @@ def build_decode() -> Any:
 
 def build_pipeline() -> Any:
     """The production worker (``streams.agents``: batched ingest), counting the input
-    events of every batch it finishes."""
+    events of every batch it finishes (a split worker: every batch its child answered)."""
     from streams.app import create_app
 
     s = _settings()
@@ -156,13 +156,24 @@ def build_pipeline() -> Any:
     app = create_app(s, register=register)
     topo = app.retention_topology
     clock = topo.clock_name
-    inner = topo.on_batch
+    if hasattr(topo, "_on_results"):
+        # a split worker's batch returns once shipped: count its events when the child's
+        # answers for them are handled (up to two batch sizes are in flight)
+        answered = topo._on_results
 
-    async def counted(events: list[Any]) -> None:
-        await inner(events)
-        COUNT.tick(sum(1 for ev in events if ev.message.topic != clock))
+        async def counted_answers(messages: list[Any], *rest: Any) -> None:
+            await answered(messages, *rest)
+            COUNT.tick(sum(1 for msg, _ in messages if msg.topic != clock))
 
-    topo.on_batch = counted  # type: ignore[method-assign]
+        topo._on_results = counted_answers  # type: ignore[method-assign]
+    else:
+        inner = topo.on_batch
+
+        async def counted(events: list[Any]) -> None:
+            await inner(events)
+            COUNT.tick(sum(1 for ev in events if ev.message.topic != clock))
+
+        topo.on_batch = counted  # type: ignore[method-assign]
     topo.run_as_worker_process()          # as python -m streams worker (gc tuning)
     watch(topo)
     return app
