@@ -371,10 +371,11 @@ def serve(inp: BinaryIO, out: BinaryIO) -> int:
 
 def widen_pipe(fd: int) -> int | None:
     """Raise the capacity of the pipe on ``fd`` from 64 KiB to the most an unprivileged
-    process may (``/proc/sys/fs/pipe-max-size``, 1 MiB by default), so that a whole batch
-    frame fits: the parent writes it at once and the child reads it at once, neither waiting
-    for the other's loop. Returns the new capacity, or None where this cannot be done (not
-    Linux, not a pipe); the pipe then keeps its capacity."""
+    process may (``/proc/sys/fs/pipe-max-size``, 1 MiB by default), so that the frames in
+    flight fit (up to two batch sizes of records, 400-800 bytes each): the parent writes them
+    at once and the child reads them at once, neither waiting for the other's loop. Returns
+    the new capacity, or None where this cannot be done (not Linux, not a pipe); the pipe then
+    keeps its capacity."""
     try:
         import fcntl
         with open("/proc/sys/fs/pipe-max-size") as f:

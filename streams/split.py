@@ -187,15 +187,14 @@ def frames(messages: list[tuple[Any, Any]], records: list[tuple],
     [(['a', 'b', 'c'], ['A', 'C']), (['d'], ['D'])]
     """
     out = []
-    first = taken = 0                            # the frame's first message, its records
+    first = start = taken = 0            # the frame's first message, first record, records
     for i, (_msg, refused) in enumerate(messages):
         if refused is None:
             taken += 1
             if taken == chunk and i + 1 < len(messages):
-                out.append((messages[first:i + 1], records[:taken]))
-                records = records[taken:]
-                first, taken = i + 1, 0
-    out.append((messages[first:], records))
+                out.append((messages[first:i + 1], records[start:start + taken]))
+                first, start, taken = i + 1, start + taken, 0
+    out.append((messages[first:], records[start:]))
     return out
 
 
