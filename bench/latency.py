@@ -55,6 +55,21 @@ def pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
+async def paced(producer: Any, recs: list[tuple[str, bytes, bytes]], rate: float,
+                before: Callable[[int], Any] | None = None) -> float:
+    """Hand ``recs`` to ``producer`` at ``rate`` a second (``before(i)`` just before record
+    ``i``); returns when it began (``time.monotonic()``)."""
+    t0 = time.monotonic()
+    for i, (topic, key, value) in enumerate(recs):
+        ahead = i / rate - (time.monotonic() - t0)
+        if ahead > 0:
+            await asyncio.sleep(ahead)
+        if before is not None:
+            before(i)
+        await producer.send(topic, key=key, value=value)
+    return t0
+
+
 async def offer(bootstrap: str, recs: list[tuple[str, bytes, bytes]], ids: list[str], rate: float,
                 changes_topic: str, settle: float, linger_ms: int = LINGER_MS,
                 reader_wait_ms: int = READER_WAIT_MS) -> dict:
@@ -92,13 +107,7 @@ async def offer(bootstrap: str, recs: list[tuple[str, bytes, bytes]], ids: list[
     reader = asyncio.create_task(read())
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=linger_ms)
     await producer.start()
-    t0 = time.monotonic()
-    for i, ((topic, key, value), eid) in enumerate(zip(recs, ids)):
-        ahead = i / rate - (time.monotonic() - t0)
-        if ahead > 0:
-            await asyncio.sleep(ahead)
-        sent.setdefault(eid, time.time())
-        await producer.send(topic, key=key, value=value)
+    t0 = await paced(producer, recs, rate, lambda i: sent.setdefault(ids[i], time.time()))
     await producer.flush()
     offered = len(recs) / (time.monotonic() - t0)
     await asyncio.sleep(settle)
@@ -141,12 +150,7 @@ async def sustain(bootstrap: str, recs: list[tuple[str, bytes, bytes]], rate: fl
         mark.append((time.monotonic(), handled()))
 
     sampler = asyncio.create_task(sample())
-    t0 = time.monotonic()
-    for i, (topic, key, value) in enumerate(recs):
-        ahead = i / rate - (time.monotonic() - t0)
-        if ahead > 0:
-            await asyncio.sleep(ahead)
-        await producer.send(topic, key=key, value=value)
+    t0 = await paced(producer, recs, rate)
     end = (time.monotonic(), handled())
     offered = len(recs) / (end[0] - t0)
     await sampler
