@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 import weakref
 from collections.abc import Sequence
@@ -46,6 +47,7 @@ from faust.types import TP
 from models.partitioning import partition_for
 from streams import topics as T
 from streams.batching import take_ready
+from streams.changelog import PendingWrites, TableWriter, uses_rocksdb
 from streams.continuity import StartGuard
 from streams.faust_fixes import request_rejoin
 from streams.gc_tuning import freeze_startup
@@ -53,9 +55,21 @@ from streams.outputs import create_output_producer
 from streams.processor import (Message, PartitionProcessor, change_records, dead_letter,
                                open_processor, restore_hub)
 from streams.settings import APP_VERSION, Settings
-from streams.state import PartitionMeta, TableStore, partition_index, partition_keys
+from streams.state import (META_PREFIX, PartitionMeta, TableStore, faust_json, partition_index,
+                           partition_keys)
 
-__all__ = ["Topology", "message_of", "register"]
+__all__ = ["EXIT_STATE_NOT_WRITTEN", "Topology", "message_of", "register", "stop_worker"]
+
+#: the worker's exit status when the states of a flush could not be written
+EXIT_STATE_NOT_WRITTEN = 71
+
+
+def stop_worker(status: int, reason: str, exc: BaseException | None = None) -> None:
+    """End this worker at once, with nothing more acked or committed (a failure it cannot
+    go on from: the group replays from the committed offsets)."""
+    log.critical(reason, exc_info=exc)
+    logging.shutdown()
+    os._exit(status)
 
 log = logging.getLogger(__name__)
 
@@ -131,12 +145,16 @@ class Topology:
         # partition then holds states and clock, so a restore never pairs a clock with states
         # from another point of the stream
         self.meta = PartitionMeta(self.customers)
+        # with RocksDB, a flush's writes go to the store and changelog in one batch per
+        # partition (streams/changelog.py); the memory store takes them one by one
+        self.writer = (TableWriter(self.customers, app) if uses_rocksdb(settings.store)
+                       else None)
         self.models = app.Table(T.TABLE_MODELS, partitions=p, key_type=bytes, value_type=None)
         self._snapshot_key = settings.snapshot_key() if settings.models else b""
         self.runtimes: dict[int, Runtime] = {}
         self.stats: dict[str, int] = {"messages": 0, "processed": 0, "dead_lettered": 0,
                                       "skipped": 0, "changes": 0, "ticks": 0, "errors": 0,
-                                      "batches": 0, "flushes": 0}
+                                      "batches": 0, "flushes": 0, "table_writes": 0}
         # what the batches since the last flush left to finish: deliveries to await,
         # partitions whose changed customers are to be written, events to ack (in order)
         self._sends: list[tuple[Any, Any]] = []
@@ -167,7 +185,7 @@ class Topology:
         if rt is not None:
             return rt
         n = self.settings.partitions
-        store = TableStore(self.customers,
+        store = TableStore(PendingWrites(self.customers) if self.writer else self.customers,
                            keys=lambda: partition_keys(self.customers, partition, n),
                            owns=lambda key: partition_for(key, n) == partition)
         hub = self._load_hub(partition) if self.settings.models else None
@@ -434,15 +452,20 @@ class Topology:
         if sends:
             await self._await_sends(sends)
         set_event = _current_event.set
+        staged: list[tuple[int, list[tuple[bytes, bytes | None]]]] = []
         for p, t in touched.items():
             if p not in self.runtimes:
                 continue                             # revoked meanwhile: replayed elsewhere
             set_event(weakref.ref(t.event))
             try:
-                self._flush(t)
+                writes = self._flush(t)
             except Exception:  # noqa: BLE001 - the keys stay dirty: the next flush retries
                 self.stats["errors"] += 1
                 log.exception("writing the state of partition %d failed", p)
+                continue
+            if writes:
+                staged.append((p, writes))
+        await self.write_staged(staged)
         ack = self.ack
         if ack is not None:
             for ev in events:
@@ -521,16 +544,55 @@ class Topology:
                     sends.append((await send(topic, key, body), msg))
         self.stats["changes"] += len(records)
 
-    def _flush(self, t: _Touched) -> None:
-        """Write the partition's changed customers once each (the keys of the flushed events
-        last, in the order of their last event), then its meta. Runs with the partition's
-        last event since the previous flush as Faust's current event: Faust's RocksDB store
-        and the changelog take the partition from it."""
+    def _flush(self, t: _Touched) -> list[tuple[bytes, bytes | None]]:
+        """Take the partition's changed customers once each (the keys of the flushed events
+        last, in the order of their last event), then its meta: the writes for
+        :meth:`write_staged` (none with the memory store, written here through Faust's
+        table). Runs with the partition's last event since the previous flush as Faust's
+        current event: Faust's store and the changelog take the partition from it."""
         rt = t.rt
         meta = rt.processor.flush_state(last=t.keys)
         # after the states of this flush, in the same changelog partition (see PartitionMeta)
-        self.meta[str(rt.partition).encode()] = meta
+        if self.writer is None:
+            self.meta[str(rt.partition).encode()] = meta
+            writes = []
+        else:
+            writes = rt.store.table.take()
+            writes.append((META_PREFIX + str(rt.partition).encode(), faust_json(meta)))
         self._snapshot_models(rt)
+        return writes
+
+    async def write_staged(self, staged: list[tuple[int, list[tuple[bytes, bytes | None]]]]
+                           ) -> None:
+        """Write each partition's flush writes with :class:`~streams.changelog.TableWriter`:
+        all to the changelog, then, once delivered, each to its database (a partition
+        revoked meanwhile is left to its changelog: its new owner restores from it).
+
+        A write that fails, after the producer's own retries, stops the worker (exit status
+        ``EXIT_STATE_NOT_WRITTEN``) before anything of this flush is acked: the group
+        replays it from the committed offsets, and the states it starts from are the
+        changelog's. Going on would ack events whose state is not on the broker, or read
+        states older than those the engine already moved past."""
+        if not staged:
+            return
+        writer = self.writer
+        sent = []
+        try:
+            for p, writes in staged:
+                sent.append((p, writes, await writer.send(p, writes)))
+            for p, writes, futures in sent:
+                await asyncio.gather(*futures)
+                if p in self.runtimes:
+                    writer.store(p, writes, futures)
+                    self.stats["table_writes"] += len(writes) - 1
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the worker cannot go on (see above)
+            stop_worker(EXIT_STATE_NOT_WRITTEN,
+                        "the states of a flush could not be written to the table "
+                        f"{writer.topic} ({type(exc).__name__}: {str(exc)[:300]}): stopping "
+                        "this worker; what was not acked is replayed from the committed "
+                        "offsets", exc)
 
     # -- clock -----------------------------------------------------------------------
     async def send_ticks(self) -> None:

@@ -58,7 +58,7 @@ from models.partitioning import partition_for
 from streams.gc_tuning import apply_thresholds, freeze_startup
 from streams.processor import Message, change_records, open_processor, restore_hub
 from streams.settings import APP_VERSION, Settings
-from streams.state import META_PREFIX, TableStore, customer_keys, index_items
+from streams.state import META_PREFIX, TableStore, customer_keys, faust_json, index_items
 
 __all__ = ["DomainSide", "ReplicaTable", "read_frame", "widen_pipe", "write_frame"]
 
@@ -121,7 +121,7 @@ class ReplicaTable:
         return kept[1] is not None if kept is not None else self.db.get(key) is not None
 
     def __setitem__(self, key: bytes, value: Any) -> None:
-        raw = orjson.dumps(value)
+        raw = faust_json(value)
         self.pending.append((key, raw))
         self._kept[key] = (self.flush_seq, raw)
 
@@ -297,7 +297,7 @@ class DomainSide:
                 snapshot = (base64.b64encode(hub.snapshot()).decode("ascii"),
                             dict(hub.versions))
                 self.last_snapshot[p] = now
-            out[p] = (writes, orjson.dumps(meta), snapshot)
+            out[p] = (writes, faust_json(meta), snapshot)
         return out
 
     def written(self, seq: int) -> None:

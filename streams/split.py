@@ -11,10 +11,10 @@ not wait for a flush, nor for the rest of a long batch.
 
 The flush keeps the one-process guarantees, in the same order: every batch answered, the
 child's changed states of the flush taken (in the order to write them, the meta last),
-every output delivered, the states and meta written to the table with the partition's last
-event as Faust's current event (so they reach the partition's RocksDB and changelog), then
-the events acked. A state reaches the table at most once per flush interval; a committed
-offset always has its state and outputs on the broker.
+every output delivered, the states and meta (the child's JSON bytes) written to the
+partition's RocksDB database and changelog (:class:`~streams.changelog.TableWriter`) and
+delivered, then the events acked. A state reaches the table at most once per flush
+interval; a committed offset always has its state and outputs on the broker.
 
 If the child ends, the worker ends at once (exit status 70): nothing since the last flush
 was acked, so the group replays it from the committed offsets, skipped exactly by the
@@ -47,7 +47,7 @@ from models.state import CustomerState
 from streams.agents import Topology, message_of
 from streams.processor import DeadLetter, admit, dead_letter
 from streams.settings import APP_VERSION
-from streams.state import partition_keys
+from streams.state import META_PREFIX, partition_keys
 
 __all__ = ["DomainClient", "SplitTopology", "frames"]
 
@@ -203,7 +203,6 @@ class SplitTopology(Topology):
 
     def __init__(self, app: Any, settings: Any) -> None:
         super().__init__(app, settings)
-        self.stats["table_writes"] = 0
         self.client = DomainClient(settings, self._on_frame)
         self._seq = 0
         self._shipped: dict[int, _Shipped] = {}
@@ -416,28 +415,24 @@ class SplitTopology(Topology):
             if sends:
                 await self._await_sends(sends)
             set_event = _current_event.set
-            customers = self.customers
+            staged = []
             for p, (writes, meta, snapshot) in taken.items():
                 event = live.get(p)
                 if event is None or p not in self.runtimes:
                     continue                         # revoked meanwhile: replayed elsewhere
-                set_event(weakref.ref(event))
-                try:
-                    for key, raw in writes:
-                        if raw is None:
-                            if key in customers:
-                                del customers[key]
-                        else:
-                            customers[key] = orjson.loads(raw)
-                    self.stats["table_writes"] += len(writes)
-                    self.meta[str(p).encode()] = orjson.loads(meta)
-                    if snapshot is not None:
+                # the states, then the meta, in one changelog partition, in order (see
+                # PartitionMeta)
+                writes.append((META_PREFIX + str(p).encode(), meta))
+                staged.append((p, writes))
+                if snapshot is not None:
+                    set_event(weakref.ref(event))
+                    try:
                         self.models[str(p).encode()] = {"blob_b64": snapshot[0],
                                                         "versions": snapshot[1]}
-                except Exception:  # noqa: BLE001 - not acked: replayed from the commit
-                    self.stats["errors"] += 1
-                    log.exception("writing the state of partition %d failed", p)
-                    events = [ev for ev in events if ev.message.partition != p]
+                    except Exception:  # noqa: BLE001 - the next snapshot replaces it
+                        self.stats["errors"] += 1
+                        log.exception("writing the model snapshot of partition %d failed", p)
+            await self.write_staged(staged)
             self.client.send(("written", seq))
             await self.client.drain()
             self._refresh_report()

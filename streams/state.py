@@ -28,8 +28,8 @@ import orjson
 from models.partitioning import partition_for
 from models.state import REPLACED_WHOLE, CustomerState
 
-__all__ = ["META_PREFIX", "PartitionMeta", "TableStore", "customer_keys", "index_items",
-           "partition_index", "partition_keys"]
+__all__ = ["FAUST_JSON", "META_PREFIX", "PartitionMeta", "TableStore", "customer_keys",
+           "faust_json", "index_items", "partition_index", "partition_keys"]
 
 _FAUST_INTERNAL = b"__faust"
 # undo markers: "was deleted (unflushed)" and "as in the table (reload it)"
@@ -38,6 +38,18 @@ _RELOAD = object()
 #: reserved key prefix of the partition meta in the customers table (never a customer key:
 #: a NUL byte starts it)
 META_PREFIX = b"\x00retention-meta:"
+#: the options of Faust's ``json`` codec with orjson (``faust.utils.json.dumps``): a value
+#: dumped with them is the bytes Faust writes for ``table[key] = value``
+FAUST_JSON = orjson.OPT_NON_STR_KEYS | orjson.OPT_UTC_Z
+
+
+def faust_json(value: Any) -> bytes:
+    """``value`` as Faust's json codec writes it to a table and its changelog.
+
+    >>> faust_json({"a": 1, "b": [1.5, None]})
+    b'{"a":1,"b":[1.5,null]}'
+    """
+    return orjson.dumps(value, option=FAUST_JSON)
 
 
 class PartitionMeta:
