@@ -565,21 +565,38 @@ class Topology:
     async def write_staged(self, staged: list[tuple[int, list[tuple[bytes, bytes | None]]]]
                            ) -> None:
         """Write each partition's flush writes with :class:`~streams.changelog.TableWriter`:
-        all to the changelog, then, once delivered, each to its database (a partition
-        revoked meanwhile is left to its changelog: its new owner restores from it).
+        all to the changelog (:meth:`send_staged`), then, once delivered, each to its
+        database (:meth:`store_sent`)."""
+        if staged:
+            await self.store_sent(await self.send_staged(staged))
 
-        A write that fails, after the producer's own retries, stops the worker (exit status
-        ``EXIT_STATE_NOT_WRITTEN``) before anything of this flush is acked: the group
-        replays it from the committed offsets, and the states it starts from are the
-        changelog's. Going on would ack events whose state is not on the broker, or read
-        states older than those the engine already moved past."""
-        if not staged:
-            return
-        writer = self.writer
+    async def send_staged(self, staged: list[tuple[int, list[tuple[bytes, bytes | None]]]]
+                          ) -> list[tuple[int, list[tuple[bytes, bytes | None]], list[Any]]]:
+        """Hand each partition's writes to the producer for its changelog partition, in
+        order; returns ``[(partition, writes, delivery futures)]`` for :meth:`store_sent`.
+
+        A write that fails, here or there, after the producer's own retries, stops the
+        worker (exit status ``EXIT_STATE_NOT_WRITTEN``) before anything of its flush is
+        acked: the group replays it from the committed offsets, and the states it starts
+        from are the changelog's. Going on would ack events whose state is not on the
+        broker, or read states older than those the engine already moved past."""
         sent = []
         try:
             for p, writes in staged:
-                sent.append((p, writes, await writer.send(p, writes)))
+                sent.append((p, writes, await self.writer.send(p, writes)))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the worker cannot go on (see above)
+            self._not_written(exc)
+        return sent
+
+    async def store_sent(self, sent: list[tuple[int, list[tuple[bytes, bytes | None]],
+                                                list[Any]]]) -> None:
+        """Await the changelog records of :meth:`send_staged`, then write each partition's
+        to its database (a partition revoked meanwhile is left to its changelog: its new
+        owner restores from it). A failure stops the worker (see :meth:`send_staged`)."""
+        writer = self.writer
+        try:
             for p, writes, futures in sent:
                 await asyncio.gather(*futures)
                 if p in self.runtimes:
@@ -587,12 +604,15 @@ class Topology:
                     self.stats["table_writes"] += len(writes) - 1
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001 - the worker cannot go on (see above)
-            stop_worker(EXIT_STATE_NOT_WRITTEN,
-                        "the states of a flush could not be written to the table "
-                        f"{writer.topic} ({type(exc).__name__}: {str(exc)[:300]}): stopping "
-                        "this worker; what was not acked is replayed from the committed "
-                        "offsets", exc)
+        except Exception as exc:  # noqa: BLE001 - the worker cannot go on
+            self._not_written(exc)
+
+    def _not_written(self, exc: Exception) -> None:
+        stop_worker(EXIT_STATE_NOT_WRITTEN,
+                    f"the states of a flush could not be written to the table "
+                    f"{self.writer.topic} ({type(exc).__name__}: {str(exc)[:300]}): stopping "
+                    "this worker; what was not acked is replayed from the committed offsets",
+                    exc)
 
     # -- clock -----------------------------------------------------------------------
     async def send_ticks(self) -> None:

@@ -27,6 +27,7 @@ the child's last answer, a customer's state as of the last flush (at most
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import logging
 import marshal
@@ -62,6 +63,9 @@ CHUNK = 128
 IN_FLIGHT = 2
 #: seconds between two refreshes of the models' report shown by the web views
 REPORT_EVERY = 2.0
+#: flushes whose changelog records are on their way to the broker, at most (the next
+#: completion waits beyond it)
+FINISHING_MAX = 2
 #: the worker's exit status when its domain process ends
 EXIT_DOMAIN_LOST = 70
 
@@ -212,6 +216,7 @@ class SplitTopology(Topology):
         self._flush_replies: dict[int, asyncio.Future] = {}
         self._completion: asyncio.Future | None = None
         self._before_previous: asyncio.Future | None = None
+        self._finishers: collections.deque[asyncio.Future] = collections.deque()
         self._report: tuple[list[int], dict | None] = ([], None)
         self._report_at = 0.0
         self._report_pending = False
@@ -377,12 +382,16 @@ class SplitTopology(Topology):
            the child is asked for the changed states of those partitions, after the batches
            already shipped (the cut is a point of the child's input);
         2. in the background (:meth:`_complete`), once the child answered: every output of
-           those batches delivered, the states and metas written to the table, then the
-           events acked. Meanwhile the agent ships the next batches and the child works on
-           them. The completions run one after another, in order; at most one waits while
-           the agent goes on.
+           those batches delivered, the states and metas sent to the changelog; then
+           (:meth:`_finish`, while the next completion goes on), once those records are
+           delivered, the states stored in the databases, the child told, and the events
+           acked. Meanwhile the agent ships the next batches and the child works on them.
+           The completions run one after another, in order, and so do the finishes; at
+           most one completion waits while the agent goes on, and at most
+           ``FINISHING_MAX`` finishes.
 
-        ``wait``: return once the completion is done (a stop, a rebalance, an idle agent).
+        ``wait``: return once the completion and its finish are done (a stop, a rebalance,
+        an idle agent).
         Never raises (except cancellation)."""
         previous = self._completion
         if self._before_previous is not None and not self._before_previous.done():
@@ -403,6 +412,8 @@ class SplitTopology(Topology):
                 self._complete(seq, reply, live, events, previous))
         if wait and self._completion is not None:
             await asyncio.shield(self._completion)
+            if self._finishers:
+                await asyncio.shield(self._finishers[-1])
 
     async def _complete(self, seq: int, reply: asyncio.Future, live: dict[int, Any],
                         events: list[Any], previous: asyncio.Future | None) -> None:
@@ -432,7 +443,30 @@ class SplitTopology(Topology):
                     except Exception:  # noqa: BLE001 - the next snapshot replaces it
                         self.stats["errors"] += 1
                         log.exception("writing the model snapshot of partition %d failed", p)
-            await self.write_staged(staged)
+            sent = await self.send_staged(staged)
+            # the rest waits for the broker: the next completion may go on meanwhile
+            finishers = self._finishers
+            while finishers and finishers[0].done():
+                finishers.popleft()
+            if len(finishers) >= FINISHING_MAX:
+                await asyncio.shield(finishers[0])
+            finishers.append(asyncio.ensure_future(
+                self._finish(seq, sent, events, finishers[-1] if finishers else None)))
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - not acked: replayed from the committed offset
+            self.stats["errors"] += 1
+            log.exception("completing flush %d failed", seq)
+
+    async def _finish(self, seq: int, sent: list[tuple[int, list, list[Any]]],
+                      events: list[Any], previous: asyncio.Future | None) -> None:
+        """The end of flush ``seq``, after the previous flush's end: its changelog records
+        delivered and its states stored (:meth:`~streams.agents.Topology.store_sent`), the
+        child told, then its events acked."""
+        try:
+            if previous is not None and not previous.done():
+                await asyncio.shield(previous)
+            await self.store_sent(sent)
             self.client.send(("written", seq))
             await self.client.drain()
             self._refresh_report()
@@ -444,7 +478,7 @@ class SplitTopology(Topology):
             raise
         except Exception:  # noqa: BLE001 - not acked: replayed from the committed offset
             self.stats["errors"] += 1
-            log.exception("completing flush %d failed", seq)
+            log.exception("finishing flush %d failed", seq)
 
     # -- the web views ----------------------------------------------------------------------
     def _refresh_report(self) -> None:
