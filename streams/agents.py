@@ -55,7 +55,7 @@ from streams.outputs import create_output_producer
 from streams.processor import (Message, PartitionProcessor, change_records, dead_letter,
                                open_processor, restore_hub)
 from streams.settings import APP_VERSION, Settings
-from streams.state import (META_PREFIX, PartitionMeta, TableStore, faust_json, partition_index,
+from streams.state import (PartitionMeta, TableStore, faust_json, meta_key, partition_index,
                            partition_keys)
 
 __all__ = ["EXIT_STATE_NOT_WRITTEN", "Topology", "message_of", "register", "stop_worker"]
@@ -558,7 +558,7 @@ class Topology:
             writes = []
         else:
             writes = rt.store.table.take()
-            writes.append((META_PREFIX + str(rt.partition).encode(), faust_json(meta)))
+            writes.append((meta_key(rt.partition), faust_json(meta)))
         self._snapshot_models(rt)
         return writes
 

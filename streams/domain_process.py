@@ -58,7 +58,7 @@ from models.partitioning import partition_for
 from streams.gc_tuning import apply_thresholds, freeze_startup
 from streams.processor import Message, change_records, open_processor, restore_hub
 from streams.settings import APP_VERSION, Settings
-from streams.state import META_PREFIX, TableStore, customer_keys, faust_json, index_items
+from streams.state import TableStore, customer_keys, faust_json, index_items, meta_key
 
 __all__ = ["DomainSide", "ReplicaTable", "read_frame", "widen_pipe", "write_frame"]
 
@@ -137,7 +137,7 @@ class ReplicaTable:
 
     # -- the partition's start and the flush protocol ---------------------------------------
     def meta(self) -> Any:
-        raw = self.db.get(META_PREFIX + str(self.partition).encode())
+        raw = self.db.get(meta_key(self.partition))
         return orjson.loads(raw) if raw is not None else None
 
     def index(self) -> tuple[int, list[tuple[float, str]]]:

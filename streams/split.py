@@ -48,7 +48,7 @@ from models.state import CustomerState
 from streams.agents import Topology, message_of
 from streams.processor import DeadLetter, admit, dead_letter
 from streams.settings import APP_VERSION
-from streams.state import META_PREFIX, partition_keys
+from streams.state import meta_key, partition_keys
 
 __all__ = ["DomainClient", "SplitTopology", "frames"]
 
@@ -433,7 +433,7 @@ class SplitTopology(Topology):
                     continue                         # revoked meanwhile: replayed elsewhere
                 # the states, then the meta, in one changelog partition, in order (see
                 # PartitionMeta)
-                writes.append((META_PREFIX + str(p).encode(), meta))
+                writes.append((meta_key(p), meta))
                 staged.append((p, writes))
                 if snapshot is not None:
                     set_event(weakref.ref(event))

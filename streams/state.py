@@ -29,7 +29,7 @@ from models.partitioning import partition_for
 from models.state import REPLACED_WHOLE, CustomerState
 
 __all__ = ["FAUST_JSON", "META_PREFIX", "PartitionMeta", "TableStore", "customer_keys",
-           "faust_json", "index_items", "partition_index", "partition_keys"]
+           "faust_json", "index_items", "meta_key", "partition_index", "partition_keys"]
 
 _FAUST_INTERNAL = b"__faust"
 # undo markers: "was deleted (unflushed)" and "as in the table (reload it)"
@@ -38,6 +38,17 @@ _RELOAD = object()
 #: reserved key prefix of the partition meta in the customers table (never a customer key:
 #: a NUL byte starts it)
 META_PREFIX = b"\x00retention-meta:"
+
+
+def meta_key(partition: int) -> bytes:
+    """The customers-table key of ``partition``'s engine meta.
+
+    >>> meta_key(3)
+    b'\\x00retention-meta:3'
+    """
+    return META_PREFIX + str(partition).encode()
+
+
 #: the options of Faust's ``json`` codec with orjson (``faust.utils.json.dumps``): a value
 #: dumped with them is the bytes Faust writes for ``table[key] = value``
 FAUST_JSON = orjson.OPT_NON_STR_KEYS | orjson.OPT_UTC_Z
