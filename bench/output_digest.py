@@ -1,12 +1,14 @@
-"""Digest of everything the domain computes over simulator traffic: a guard for speed work.
+"""Digest of everything the domain computes over a stream: a guard for speed work.
 
 Runs the contract, the engine and the online models (one ``ModelHub``, as a worker runs
-them) over a simulated event stream, then prints one SHA-256 over every segment change
+them) over a simulated event stream (or, with ``--traffic uniform``, the uniform-key stress
+stream of ``bench/pipeline_throughput.py``), then prints one SHA-256 over every segment change
 (canonical JSON), another over every customer's final state, another over the models'
 description (weights, live metrics, population), and the time per event. An optimisation
 that claims to change nothing must leave the three digests as they were:
 
     python bench/output_digest.py --customers 3000 --days 120      # before and after
+    python bench/output_digest.py --traffic uniform --events 60000
 
 The digests depend on the Python, numpy and scipy versions only through floating point;
 compare runs on one machine and one venv.
@@ -60,14 +62,22 @@ def digests(lines: list[bytes]) -> tuple[dict[str, str], float, int]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--customers", type=int, default=3000)
+    p.add_argument("--customers", type=int, default=None,
+                   help="3,000 for simulator traffic, 5,000 for the uniform stream")
     p.add_argument("--days", type=float, default=120)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--repeat", type=int, default=1)
+    p.add_argument("--traffic", choices=["sim", "uniform"], default="sim")
+    p.add_argument("--events", type=int, default=60_000, help="uniform traffic: events")
     args = p.parse_args()
-    sim = simulate(SimConfig(n_customers=args.customers, days=args.days, seed=args.seed,
-                             usd_share=0.05))
-    lines = [orjson.dumps(e) for e in sim.events]
+    if args.traffic == "uniform":
+        from bench._harness import uniform_events
+
+        events = uniform_events(args.events, args.customers or 5000, seed=args.seed)
+    else:
+        events = simulate(SimConfig(n_customers=args.customers or 3000, days=args.days, seed=args.seed,
+                                    usd_share=0.05)).events
+    lines = [orjson.dumps(e) for e in events]
     times = []
     for _ in range(args.repeat):
         d, secs, n = digests(lines)

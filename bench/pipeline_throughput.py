@@ -75,6 +75,8 @@ def one_run(args: argparse.Namespace, run: int, kinds: list[str], work: Path) ->
                 if w == 0:
                     H.create_topics(s)
                 env = H.env_of(s, BENCH_SCORING="0" if args.no_scoring else "1",
+                               # the partitions' model hubs (streams.settings.Settings.models)
+                               RETENTION_MODELS="0" if args.no_scoring else "1",
                                RETENTION_FAUST_FAST_DRAIN=fast,
                                # Python's own collector (streams/gc_tuning.py off)
                                RETENTION_GC_THRESHOLDS="off" if kind.endswith("_gcoff") else "",

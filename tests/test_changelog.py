@@ -35,6 +35,17 @@ def test_faust_json_is_the_bytes_of_fausts_json_codec(value):
     assert orjson.loads(faust_json(value)) == value
 
 
+@hsettings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.integers(-99, 99) | st.booleans() | st.none() | st.text(max_size=4),
+                       JSON, max_size=6))
+def test_faust_json_takes_fausts_options_for_keys_that_are_not_strings(value):
+    """faust_json tries orjson without OPT_NON_STR_KEYS first (faster); a value with a key
+    that is not a string must still come out as Faust's codec writes it."""
+    from faust.serializers import codecs
+
+    assert faust_json(value) == codecs.dumps("json", value)
+
+
 @pytest.mark.broker
 @pytest.mark.timeout(240)
 def test_store_changelog_and_persisted_offset_agree_after_a_run(broker, workers, unique,
