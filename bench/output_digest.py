@@ -75,8 +75,8 @@ def main() -> None:
 
         events = uniform_events(args.events, args.customers or 5000, seed=args.seed)
     else:
-        events = simulate(SimConfig(n_customers=args.customers or 3000, days=args.days, seed=args.seed,
-                                    usd_share=0.05)).events
+        events = simulate(SimConfig(n_customers=args.customers or 3000, days=args.days,
+                                    seed=args.seed, usd_share=0.05)).events
     lines = [orjson.dumps(e) for e in events]
     times = []
     for _ in range(args.repeat):

@@ -195,7 +195,7 @@ class Topology:
         committed = getattr(self.app.consumer, "_committed_offset", {})
         for topic in self.input_names:
             self.guard.expect(topic, partition, committed.get(TP(topic, partition)))
-        processor = open_processor(partition, engine, self.meta.get(str(partition).encode()),
+        processor = open_processor(partition, engine, self.meta.get(partition),
                                    timers, APP_VERSION, self.settings.max_message_bytes)
         del timers
         rt = self.runtimes[partition] = Runtime(partition, processor, store)
@@ -554,7 +554,7 @@ class Topology:
         meta = rt.processor.flush_state(last=t.keys)
         # after the states of this flush, in the same changelog partition (see PartitionMeta)
         if self.writer is None:
-            self.meta[str(rt.partition).encode()] = meta
+            self.meta[rt.partition] = meta
             writes = []
         else:
             writes = rt.store.table.take()

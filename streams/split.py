@@ -239,7 +239,7 @@ class SplitTopology(Topology):
         committed = getattr(self.app.consumer, "_committed_offset", {})
         for topic in self.input_names:
             self.guard.expect(topic, partition, committed.get(TP(topic, partition)))
-        meta = self.meta.get(str(partition).encode()) or {}
+        meta = self.meta.get(partition) or {}
         mirror = EngineMirror(_TableReader(self.customers, partition, self.settings.partitions),
                               counters=dict(meta.get("counters", {}) or {}))
         self.client.send(("start", partition, path, dict(saved) if saved else None))

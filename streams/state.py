@@ -75,18 +75,18 @@ def faust_json(value: Any) -> bytes:
 
 class PartitionMeta:
     """The engine meta of each partition, kept in the customers table under
-    ``META_PREFIX + partition``. Written from the stream loop after the partition's states, it
+    :func:`meta_key`. Written from the stream loop after the partition's states, it
     goes to the same changelog partition, in order: whatever prefix of the changelog survives
     a crash holds states and a clock of the same point of the stream."""
 
     def __init__(self, table: Any) -> None:
         self.table = table
 
-    def get(self, partition: bytes) -> Any:
-        return self.table.get(META_PREFIX + partition)
+    def get(self, partition: int) -> Any:
+        return self.table.get(meta_key(partition))
 
-    def __setitem__(self, partition: bytes, meta: dict) -> None:
-        self.table[META_PREFIX + partition] = meta
+    def __setitem__(self, partition: int, meta: dict) -> None:
+        self.table[meta_key(partition)] = meta
 
 
 def _customer_key(key: Any) -> str | None:

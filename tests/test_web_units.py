@@ -95,7 +95,7 @@ class FakeTopic:
         return self.name
 
 
-def fake_topology(meta: dict[bytes, dict] | None = None) -> Any:
+def fake_topology(meta: dict[int, dict] | None = None) -> Any:
     return SimpleNamespace(
         runtimes={}, input_names=["shop.orders"], clock_name="retention.clock",
         dlq={"shop.orders": FakeTopic("shop.orders.dlq")}, meta=meta or {},
@@ -110,7 +110,7 @@ def runtime(counters: dict[str, int], scorer: Any = None) -> Any:
 
 def test_observer_counts_only_what_this_process_processed() -> None:
     # partition 0 was processed elsewhere before: its restored counters are the baseline
-    topo = fake_topology({b"0": {"counters": {"type:page_view": 100, "entered:vip": 7}}})
+    topo = fake_topology({0: {"counters": {"type:page_view": 100, "entered:vip": 7}}})
     obs = Observer(topo)
     obs.before_message(0)                         # first message of a new assignment
     rt = runtime({"type:page_view": 100, "entered:vip": 7})
@@ -129,7 +129,7 @@ def test_observer_counts_only_what_this_process_processed() -> None:
     # the partition is revoked, then assigned again: counting resumes from its new baseline
     del topo.runtimes[0]
     obs.poll()
-    topo.meta[b"0"] = {"counters": dict(rt.processor.engine.counters)}
+    topo.meta[0] = {"counters": dict(rt.processor.engine.counters)}
     obs.before_message(0)
     rt2 = runtime(dict(rt.processor.engine.counters))
     topo.runtimes[0] = rt2

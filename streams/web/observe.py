@@ -175,7 +175,7 @@ class Observer:
         try:
             if event is not None:
                 token = _CURRENT_EVENT.set(weakref.ref(event))
-            meta = topo.meta.get(str(partition).encode())
+            meta = topo.meta.get(partition)
             if isinstance(meta, dict):
                 base = {k: int(v) for k, v in (meta.get("counters") or {}).items()}
         except Exception:  # noqa: BLE001 - no baseline: the first poll takes one
