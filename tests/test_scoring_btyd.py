@@ -9,7 +9,9 @@ import pytest
 from scipy import stats
 from river import metrics as river_metrics
 
-from models.scoring.btyd import (BGNBDParams, GammaGammaParams, _expected_purchases_quadrature,
+from models.clock import DAY
+from models.scoring.btyd import (DEFAULT_BGNBD, DEFAULT_GAMMA_GAMMA, BGNBDParams,
+                                 GammaGammaParams, _expected_purchases_quadrature,
                                  expected_purchases, expected_purchases_new, expected_spend,
                                  fit_bgnbd, fit_gamma_gamma, p_alive, prob_no_purchase)
 from models.scoring.metrics import LiveMetrics
@@ -167,3 +169,44 @@ def test_adwin_flags_a_change_in_error():
         live.update(y, 0.1 if y else 0.9)
     assert live.drifts >= 1 and live.summary()["last_drift_at_label"] > 1500
     assert math.isfinite(live.summary()["log_loss"])
+
+
+def _early_population(min_history_days: float = 14.0) -> Population:
+    """60 customers whose first orders fall in the first 3 days, half of them back once."""
+    pop = Population(size=100, min_customers=10, min_history_days=min_history_days)
+    for i in range(60):
+        first = DAY * (i % 4) * 0.75
+        again = i % 2 == 0
+        pop.observe(f"c{i}", first, first + (DAY if again else 0.0), 2 if again else 1,
+                    20.0 + i)
+    return pop
+
+
+def test_bgnbd_keeps_its_prior_until_the_population_has_seen_min_history_days():
+    pop = _early_population()
+    assert pop.maybe_refit(5 * DAY) and pop.refits == 1
+    assert pop.bgnbd == DEFAULT_BGNBD                           # 5 days of orders: the prior
+    assert pop.gamma_gamma != DEFAULT_GAMMA_GAMMA               # spend is refit at once
+    assert pop.describe()["bgnbd_source"] == "prior (CDNOW)"
+    assert pop.history_days(5 * DAY) == pytest.approx(5.0)
+    assert not pop.maybe_refit(11 * DAY)                        # not due (weekly)
+    assert pop.maybe_refit(12 * DAY) and pop.bgnbd == DEFAULT_BGNBD   # 12 days: still the prior
+    assert pop.maybe_refit(19 * DAY) and pop.bgnbd != DEFAULT_BGNBD   # 19 days: fitted
+    assert pop.describe()["bgnbd_source"] == "fit" and pop.refits == 3
+
+
+def test_bgnbd_min_history_off_and_batch_rows_fit_at_once():
+    pop = _early_population(min_history_days=0.0)
+    assert pop.maybe_refit(5 * DAY) and pop.bgnbd != DEFAULT_BGNBD
+    batch = _early_population()
+    batch.refit(batch.summaries(5 * DAY))                       # a batch job's rows: no `now`
+    assert batch.bgnbd != DEFAULT_BGNBD and batch.describe()["bgnbd_source"] == "fit"
+
+
+def test_population_from_an_older_snapshot_fits_as_before():
+    pop = _early_population()
+    for name in ("since", "min_history", "bgnbd_fits"):         # what older pickles lack
+        delattr(pop, name)
+    pop.observe("late", 4 * DAY, 4 * DAY, 1, 30.0)
+    assert pop.maybe_refit(5 * DAY) and pop.bgnbd != DEFAULT_BGNBD
+    assert pop.describe()["bgnbd_source"] == "fit"

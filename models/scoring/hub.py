@@ -67,6 +67,11 @@ class HubConfig:
     population_sample: int = 2000
     refit_every_days: float = 7.0
     min_refit_customers: int = 50
+    # BG/NBD keeps its prior until the population has seen this many days of orders: fitted on
+    # less, it predicted almost no repeat purchase for anyone and its 365-day expected orders
+    # had a larger error than the prior's, on the simulator and on Online Retail
+    # (docs/MODELS.md, "Population")
+    bgnbd_min_history_days: float = 14.0
     # churn: the BG/NBD prior's logit is a fixed offset (linear.OnlineLogit): the model starts
     # as that prior and learns corrections to it, at a small rate (labels are many, noisy and
     # correlated). Chosen on the Online Retail evaluation (docs/MODEL_EVALUATION.md): with a
@@ -99,7 +104,7 @@ class ModelHub:
         self.churn = _new_churn(cfg)
         self.abandon = _new_abandon(cfg)
         self.population = Population(cfg.population_sample, cfg.refit_every_days,
-                                     cfg.min_refit_customers)
+                                     cfg.min_refit_customers, cfg.bgnbd_min_history_days)
         self.snapshots = 0
 
     # -- Scorer protocol -----------------------------------------------------------------

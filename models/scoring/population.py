@@ -9,6 +9,12 @@ time (and when there are at least ``min_customers``) the population parameters a
 from the sample's summaries ``(x = orders - 1, t_x, T, orders, aov)`` at that time, warm-started
 from the previous fit. :meth:`Population.refit` can also be called with summaries computed
 elsewhere (a batch job over the table).
+
+BG/NBD waits for ``min_history_days`` of orders (event time since the earliest first order the
+population has seen): fitted on a few days, when no customer has had time to come back, it
+predicts almost no future purchases for anyone (docs/MODELS.md, "Population"), and the prior
+(CDNOW's parameters) serves until then. Gamma-Gamma and the median gap are refit from the first
+refit on: they describe order values and gaps already seen.
 """
 
 from __future__ import annotations
@@ -40,10 +46,13 @@ class Population:
     """Population-level parameters and the sample they are refit from."""
 
     def __init__(self, size: int = 2000, refit_every_days: float = 7.0,
-                 min_customers: int = 50) -> None:
+                 min_customers: int = 50, min_history_days: float = 14.0) -> None:
         self.size = size
         self.refit_every = refit_every_days * DAY
         self.min_customers = min_customers
+        self.min_history = min_history_days * DAY
+        self.since: float | None = None         # the earliest first order observed
+        self.bgnbd_fits = 0
         self.bgnbd: BGNBDParams = DEFAULT_BGNBD
         self.gamma_gamma: GammaGammaParams = DEFAULT_GAMMA_GAMMA
         self.gap_days = DEFAULT_GAP_DAYS
@@ -60,6 +69,9 @@ class Population:
         """Record a customer's purchase summary if the key belongs to the sample."""
         if not orders or first_order_at is None or last_order_at is None:
             return
+        since = getattr(self, "since", None)            # (not in older snapshots)
+        if since is None or first_order_at < since:
+            self.since = first_order_at
         row = (first_order_at, last_order_at, int(orders), float(aov))
         if key in self._rows:
             self._rows[key] = row
@@ -96,17 +108,28 @@ class Population:
         self.refit(self.summaries(now), now)
         return True
 
+    def history_days(self, now: float) -> float:
+        """Days of orders the population has seen at ``now`` (0 before the first)."""
+        since = getattr(self, "since", None)
+        return 0.0 if since is None else max(now - since, 0.0) / DAY
+
     def refit(self, rows: list[tuple], now: float | None = None) -> None:
-        """Refit from rows ``(x, t_x, T, orders, aov)``; keep the old parameters on failure."""
+        """Refit from rows ``(x, t_x, T, orders, aov)``; keep the old parameters on failure.
+
+        BG/NBD only once the population has seen ``min_history_days`` of orders at ``now``
+        (always when ``now`` is None: rows from a batch job over the table)."""
         rows = [r for r in rows if r[2] > 0]
         if len(rows) < 2:
             return
-        try:
-            bg = fit_bgnbd([r[:3] for r in rows], init=self.bgnbd, penalizer=1e-4)
-            if all(math.isfinite(v) and v > 0 for v in (bg.r, bg.alpha, bg.a, bg.b)):
-                self.bgnbd = bg
-        except (ValueError, FloatingPointError):
-            pass
+        min_history = getattr(self, "min_history", 0.0)
+        if now is None or not min_history or self.history_days(now) >= min_history / DAY:
+            try:
+                bg = fit_bgnbd([r[:3] for r in rows], init=self.bgnbd, penalizer=1e-4)
+                if all(math.isfinite(v) and v > 0 for v in (bg.r, bg.alpha, bg.a, bg.b)):
+                    self.bgnbd = bg
+                    self.bgnbd_fits = getattr(self, "bgnbd_fits", 0) + 1
+            except (ValueError, FloatingPointError):
+                pass
         spend = [(r[3], r[4]) for r in rows if r[3] > 0 and r[4] > 0]
         if len(spend) >= 2:
             try:
@@ -133,6 +156,9 @@ class Population:
         return cache[key]
 
     def describe(self) -> dict:
-        return {"bgnbd": self.bgnbd.to_dict(), "gamma_gamma": self.gamma_gamma.to_dict(),
+        fits = getattr(self, "bgnbd_fits", self.refits)     # (older snapshots: every refit)
+        return {"bgnbd": self.bgnbd.to_dict(),
+                "bgnbd_source": "fit" if fits else "prior (CDNOW)",
+                "gamma_gamma": self.gamma_gamma.to_dict(),
                 "median_gap_days": self.gap_days, "refits": self.refits,
                 "fitted_on": self.fitted_on, "sample": len(self._rows), "refit_at": self.refit_at}
