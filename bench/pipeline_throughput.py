@@ -101,7 +101,9 @@ def one_run(args: argparse.Namespace, run: int, kinds: list[str], work: Path) ->
                 extra = (f"  changes={sum(s.get('changes_engine', 0) for s in stats):,} "
                          f"dead={sum(s.get('dead_lettered', 0) for s in stats)} "
                          f"table_writes={writes:,} batches={batches:,} "
-                         f"flushes={sum(s.get('flushes', 0) for s in stats):,}")
+                         f"flushes={sum(s.get('flushes', 0) for s in stats):,} "
+                         f"ticks={sum(s.get('ticks', 0) for s in stats):,} "
+                         f"skipped={sum(s.get('skipped', 0) for s in stats):,}")
             print(f"  run {run}: {kind:10} {res['rate']:10,.0f} events/s "
                   f"({res['n']:,} in {res['last'] - res['first']:.1f}s){extra}", flush=True)
             for c in consumers:
