@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from models.clock import DAY, format_time
+from models.clock import format_time
 from models.config import EngineConfig
 from models.engine import Engine, ProcessingError
 from models.segments import load_catalog, parse_catalog

@@ -27,8 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from models.config import EngineConfig
