@@ -4,8 +4,9 @@
 ``decode``    a Faust agent over the same topics that only ``orjson.loads`` each value
               (Faust's own per-event ceiling; same Faust settings as the worker)
 ``pipeline``  the real worker: ``streams.app.create_app`` with the production topology
-              (batched ingest, contract, engine, segment changes, RocksDB table) and, when
-              ``BENCH_SCORING=1``, the online models (``streams.web.worker.register``);
+              (batched ingest, contract, engine, segment changes, RocksDB table) and, unless
+              ``RETENTION_MODELS=0``, the online models and the web views
+              (``streams.web.worker.register``);
               ``batched`` is an alias (the batched prototype became the production agent)
 ``quix``      Quix Streams 3.28: decode + contract + a per-key state update (RocksDB and
               changelog), the same kind of per-key work in another framework
@@ -146,7 +147,7 @@ def build_pipeline() -> Any:
 
     s = _settings()
     register = None
-    if os.environ.get("BENCH_SCORING", "1") == "1":
+    if s.models:            # --no-scoring: neither the models nor the web views
         try:
             from streams.web.worker import register as full_register
 

@@ -62,13 +62,14 @@ def evaluate(orders, cutoffs: list[float], min_history: float) -> list[dict]:
     t0 = orders[0][1]
     history: dict[str, list] = {}          # customer -> [first, last, orders, total]
     rows, ci = [], 0
-    params_at: list[dict[str, BGNBDParams]] = []
-    snapshots = []         # (day, time, customer -> (first, last, orders)) at each cutoff
+    # at each cutoff: (day, time, customer -> (first, last, orders), population -> BG/NBD)
+    snapshots: list[tuple[float, float, dict, dict[str, BGNBDParams]]] = []
     for key, t, total in orders + [(None, math.inf, 0.0)]:
         while ci < len(cutoffs) and t >= t0 + cutoffs[ci] * DAY:
             at = t0 + cutoffs[ci] * DAY
-            snapshots.append((cutoffs[ci], at, {k: (h[0], h[1], h[2]) for k, h in history.items()}))
-            params_at.append({name: p.bgnbd for name, p in pops.items()})
+            snapshots.append((cutoffs[ci], at,
+                              {k: (h[0], h[1], h[2]) for k, h in history.items()},
+                              {name: p.bgnbd for name, p in pops.items()}))
             ci += 1
         if key is None:
             break
@@ -77,7 +78,7 @@ def evaluate(orders, cutoffs: list[float], min_history: float) -> list[dict]:
         for p in pops.values():
             p.observe(key, h[0], h[1], h[2], h[3] / h[2])
             p.maybe_refit(t)
-    for (day, at, seen), params in zip(snapshots, params_at):
+    for day, at, seen, params in snapshots:
         keys = list(seen)
         count: dict[str, int] = dict.fromkeys(keys, 0)
         for key, t, _ in orders:

@@ -74,7 +74,7 @@ def one_run(args: argparse.Namespace, run: int, kinds: list[str], work: Path) ->
                 s = H.settings_for(broker.bootstrap, app_id, data, store=args.store)
                 if w == 0:
                     H.create_topics(s)
-                env = H.env_of(s, BENCH_SCORING="0" if args.no_scoring else "1",
+                env = H.env_of(s,
                                # the partitions' model hubs (streams.settings.Settings.models)
                                RETENTION_MODELS="0" if args.no_scoring else "1",
                                RETENTION_FAUST_FAST_DRAIN=fast,
