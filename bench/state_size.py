@@ -3,7 +3,8 @@
 1. A sample of realistic states: the shopper simulator (``--sample`` customers over
    ``--days``) through the engine with the online models (``models.scoring.ModelHub``), as a
    worker computes them. Per key: the JSON bytes the table stores (``CustomerState.to_dict``,
-   orjson) - mean, median, p95, max.
+   orjson) - mean, median, p95, max - and the time to read one back into a ``CustomerState``,
+   as a ratio to its JSON decoding alone.
 2. For each target size (default 100k and 1M keys): the sample states cloned under new keys
    (a customer's state size does not depend on how many others exist) into
    - an engine's in-memory store (``Engine(store=dict)``) plus its due-time index: resident
@@ -30,6 +31,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -72,6 +74,19 @@ def sample_states(customers: int, days: float, models: bool) -> list[dict]:
     return [s.to_dict() for s in eng.store.values()]
 
 
+def _timed(fn: Callable[[], object]) -> float:
+    """Seconds ``fn`` takes, the garbage collector off (as a worker tunes it away from the
+    hot path, streams/gc_tuning.py)."""
+    gc.collect()
+    gc.disable()
+    try:
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+    finally:
+        gc.enable()
+
+
 def pct(values: list[int], q: float) -> int:
     values = sorted(values)
     return values[min(len(values) - 1, int(q * len(values)))]
@@ -103,6 +118,14 @@ def main() -> None:
     top = sorted(fields.items(), key=lambda kv: -kv[1])[:6]
     print("largest fields (share of bytes): " + ", ".join(
         f"{k} {v / sum(sizes):.0%}" for k, v in top))
+    # what a worker pays to read a state back (TableStore.get on a key not cached), against
+    # the JSON decoding alone, timed in the same run (best of 5 passes over the sample)
+    loads, from_dict = orjson.loads, CustomerState.from_dict
+    decode = min(_timed(lambda: [loads(b) for b in blobs]) for _ in range(5))
+    read = min(_timed(lambda: [from_dict(loads(b)) for b in blobs]) for _ in range(5))
+    print(f"reading a state back: {read / len(blobs) * 1e6:.1f} us a key "
+          f"(orjson.loads + CustomerState.from_dict), {read / decode:.2f}x orjson.loads alone "
+          f"({decode / len(blobs) * 1e6:.1f} us)")
 
     print(f"\n{'keys':>10} {'RSS added':>11} {'B/key':>7} {'index':>8} "
           f"{'RocksDB':>10} {'B/key':>7} {'write s':>8} {'read all s':>11} {'keys/s':>9} "

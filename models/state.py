@@ -10,6 +10,9 @@ defaults, so a stored state survives the addition of a field.
 0
 >>> CustomerState.from_dict(s.to_dict()) == s
 True
+>>> old = CustomerState.from_dict({"key": "c2", "orders": 3, "a_later_field": 1})
+>>> old.orders, old.sessions
+(3, 0)
 """
 
 from __future__ import annotations
@@ -108,7 +111,11 @@ class CustomerState:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CustomerState:
-        return cls(**{k: v for k, v in data.items() if k in _FIELD_SET})
+        # the keys given as the field names' own string objects: a decoded key is a new
+        # string, which the constructor matches against its ~60 parameter names by value,
+        # one after another (19 us a state); the same object is matched at once (3 us)
+        names = _FIELD_NAMES_OF
+        return cls(**{names[k]: v for k, v in data.items() if k in names})
 
     def remember_id(self, event_id: str) -> bool:
         """Remember an event id; return False when it was already seen (a duplicate)."""
@@ -122,4 +129,4 @@ class CustomerState:
 
 
 _FIELD_NAMES = tuple(f.name for f in fields(CustomerState))
-_FIELD_SET = frozenset(_FIELD_NAMES)
+_FIELD_NAMES_OF = {name: name for name in _FIELD_NAMES}
