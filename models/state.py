@@ -113,7 +113,7 @@ class CustomerState:
     def from_dict(cls, data: dict[str, Any]) -> CustomerState:
         # the keys given as the field names' own string objects: a decoded key is a new
         # string, which the constructor matches against its ~60 parameter names by value,
-        # one after another (19 us a state); the same object is matched at once (3 us)
+        # one after another (19 us a state); the same object is matched at once (about 4)
         names = _FIELD_NAMES_OF
         return cls(**{names[k]: v for k, v in data.items() if k in names})
 
