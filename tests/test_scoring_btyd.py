@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -204,9 +205,10 @@ def test_bgnbd_min_history_off_and_batch_rows_fit_at_once():
 
 
 def test_population_from_an_older_snapshot_fits_as_before():
-    pop = _early_population()
+    old = _early_population()
     for name in ("since", "min_history", "bgnbd_fits"):         # what older pickles lack
-        delattr(pop, name)
+        delattr(old, name)
+    pop = pickle.loads(pickle.dumps(old))
     pop.observe("late", 4 * DAY, 4 * DAY, 1, 30.0)
     assert pop.maybe_refit(5 * DAY) and pop.bgnbd != DEFAULT_BGNBD
     assert pop.describe()["bgnbd_source"] == "fit"

@@ -63,13 +63,21 @@ class Population:
         self._heap: list[tuple[float, str]] = []      # (-hash, key): the largest hash on top
         self._new_purchases: dict[tuple, float] = {}  # (params, horizon) -> E[purchases], one entry
 
+    def __setstate__(self, state: dict) -> None:
+        """A population pickled before BG/NBD waited for ``min_history_days`` fits as it
+        did: no minimum, and its refits counted as fits."""
+        self.__dict__.update(state)
+        self.__dict__.setdefault("min_history", 0.0)
+        self.__dict__.setdefault("since", None)
+        self.__dict__.setdefault("bgnbd_fits", self.refits)
+
     # -- sample -----------------------------------------------------------------------
     def observe(self, key: str, first_order_at: float | None, last_order_at: float | None,
                 orders: int, aov: float) -> None:
         """Record a customer's purchase summary if the key belongs to the sample."""
         if not orders or first_order_at is None or last_order_at is None:
             return
-        since = getattr(self, "since", None)            # (not in older snapshots)
+        since = self.since
         if since is None or first_order_at < since:
             self.since = first_order_at
         row = (first_order_at, last_order_at, int(orders), float(aov))
@@ -110,7 +118,7 @@ class Population:
 
     def history_days(self, now: float) -> float:
         """Days of orders the population has seen at ``now`` (0 before the first)."""
-        since = getattr(self, "since", None)
+        since = self.since
         return 0.0 if since is None else max(now - since, 0.0) / DAY
 
     def refit(self, rows: list[tuple], now: float | None = None) -> None:
@@ -121,13 +129,12 @@ class Population:
         rows = [r for r in rows if r[2] > 0]
         if len(rows) < 2:
             return
-        min_history = getattr(self, "min_history", 0.0)
-        if now is None or not min_history or self.history_days(now) >= min_history / DAY:
+        if now is None or self.history_days(now) >= self.min_history / DAY:
             try:
                 bg = fit_bgnbd([r[:3] for r in rows], init=self.bgnbd, penalizer=1e-4)
                 if all(math.isfinite(v) and v > 0 for v in (bg.r, bg.alpha, bg.a, bg.b)):
                     self.bgnbd = bg
-                    self.bgnbd_fits = getattr(self, "bgnbd_fits", 0) + 1
+                    self.bgnbd_fits += 1
             except (ValueError, FloatingPointError):
                 pass
         spend = [(r[3], r[4]) for r in rows if r[3] > 0 and r[4] > 0]
@@ -156,9 +163,8 @@ class Population:
         return cache[key]
 
     def describe(self) -> dict:
-        fits = getattr(self, "bgnbd_fits", self.refits)     # (older snapshots: every refit)
         return {"bgnbd": self.bgnbd.to_dict(),
-                "bgnbd_source": "fit" if fits else "prior (CDNOW)",
+                "bgnbd_source": "fit" if self.bgnbd_fits else "prior (CDNOW)",
                 "gamma_gamma": self.gamma_gamma.to_dict(),
                 "median_gap_days": self.gap_days, "refits": self.refits,
                 "fitted_on": self.fitted_on, "sample": len(self._rows), "refit_at": self.refit_at}
